@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * IPv4 service load-balancing maps and lookups shared by Berth's programs.
+ *
+ * Layout (after Cilium's lb4 maps):
+ *   lb4_services: (vip, port, proto, slot) -> lb4_service
+ *       slot 0 is the service's master entry: `count` backend slots follow;
+ *       slot 1..count hold one backend id each.
+ *   lb4_backends: backend id -> lb4_backend (address, port)
+ *
+ * Writers fill backends, then slots, then the master entry, so a program
+ * that sees a master entry always finds its slots.
+ *
+ * Every struct is shared with Rust (generated skeleton types): fields in
+ * network order are typed __be*, padding is explicit.
+ */
+#ifndef BERTH_LB4_H
+#define BERTH_LB4_H
+
+#include <linux/bpf.h>
+#include <linux/in.h>
+#include <bpf/bpf_helpers.h>
+
+/* A service frontend slot. */
+struct lb4_key {
+	__be32 address;      /* virtual IPv4 address */
+	__be16 dport;        /* virtual port */
+	__u16 backend_slot;  /* 0: master entry, 1..count: a backend slot */
+	__u8 proto;          /* IPPROTO_TCP or IPPROTO_UDP */
+	__u8 pad[3];
+};
+
+/* Master entry (slot 0) or one backend slot (slot > 0). */
+struct lb4_service {
+	__u32 backend_id;    /* slot > 0: key into lb4_backends; slot 0: 0 */
+	__u16 count;         /* slot 0: number of backend slots; else 0 */
+	__u16 flags;         /* slot 0: LB4_SVC_* flags */
+};
+
+/* A real endpoint a frontend translates to. */
+struct lb4_backend {
+	__be32 address;
+	__be16 port;
+	__u8 proto;
+	__u8 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_service);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb4_services SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, __u32);
+	__type(value, struct lb4_backend);
+	__uint(max_entries, 65536);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} lb4_backends SEC(".maps");
+
+/* The master entry of the service at (address, port, proto), or NULL. */
+static __always_inline struct lb4_service *
+lb4_lookup_service(__be32 address, __be16 port, __u8 proto)
+{
+	struct lb4_key key = {
+		.address = address,
+		.dport = port,
+		.proto = proto,
+	};
+
+	return bpf_map_lookup_elem(&lb4_services, &key);
+}
+
+/*
+ * Pick a backend of `svc` (a master entry for address/port/proto) at
+ * random among its slots. NULL when the slot or backend is missing.
+ */
+static __always_inline struct lb4_backend *
+lb4_select_backend(const struct lb4_service *svc, __be32 address, __be16 port,
+		   __u8 proto)
+{
+	struct lb4_key key = {
+		.address = address,
+		.dport = port,
+		.proto = proto,
+	};
+	struct lb4_service *slot;
+
+	if (svc->count == 0)
+		return NULL;
+	key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
+	slot = bpf_map_lookup_elem(&lb4_services, &key);
+	if (!slot)
+		return NULL;
+	return bpf_map_lookup_elem(&lb4_backends, &slot->backend_id);
+}
+
+#endif /* BERTH_LB4_H */

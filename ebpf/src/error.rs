@@ -1,0 +1,76 @@
+//! Errors of the datapath API.
+
+use std::path::PathBuf;
+
+/// What went wrong loading, attaching or programming the datapath.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A libbpf call failed; `op` names what was being done.
+    #[error("{op}: {source}")]
+    Bpf {
+        /// The operation, e.g. "load sock_lb".
+        op: String,
+        /// libbpf's error.
+        #[source]
+        source: libbpf_rs::Error,
+    },
+    /// A file-system operation on a path failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// The operation, e.g. "create pin directory".
+        op: &'static str,
+        /// The path it touched.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A map is full: the entry was not written.
+    #[error("map {map} is full ({max_entries} entries); raise its size")]
+    MapFull {
+        /// The map's name.
+        map: &'static str,
+        /// Its configured size.
+        max_entries: u32,
+    },
+    /// A map entry did not have the size of the type it should hold.
+    #[error("map {map}: entry of {actual} bytes, expected {expected}")]
+    EntrySize {
+        /// The map's name.
+        map: &'static str,
+        /// Size of the Rust mirror of the C type.
+        expected: usize,
+        /// Size found.
+        actual: usize,
+    },
+    /// A service asks for more backends than a frontend can hold.
+    #[error("service {frontend} has {count} backends; at most {max} are supported")]
+    TooManyBackends {
+        /// The frontend, printed.
+        frontend: String,
+        /// Backends asked for.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Every backend id is in use.
+    #[error("no free backend id left in lb4_backends")]
+    BackendIdsExhausted,
+}
+
+impl Error {
+    pub(crate) fn bpf(op: impl Into<String>, source: libbpf_rs::Error) -> Self {
+        Error::Bpf {
+            op: op.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,382 @@
+//! Typed access to the pinned load-balancing maps: program services,
+//! remove them, and read back what the datapath holds.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::Path;
+
+use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
+use serde::Serialize;
+
+use crate::encode::{self, bytes_of, from_bytes};
+use crate::model::{Backend, Frontend};
+use crate::skel::types::{lb4_backend, lb4_key, lb4_service};
+use crate::Error;
+
+/// File name of the services map under a pin directory.
+pub(crate) const SERVICES_MAP: &str = "lb4_services";
+/// File name of the backends map under a pin directory.
+pub(crate) const BACKENDS_MAP: &str = "lb4_backends";
+
+/// Most backends one frontend can have (slots are 16-bit, slot 0 is the
+/// master entry).
+const MAX_BACKENDS: usize = u16::MAX as usize;
+
+/// Sizes of the load-balancing maps, set when they are first created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapSizes {
+    /// Entries of `lb4_services`: one per frontend plus one per backend slot.
+    pub services: u32,
+    /// Entries of `lb4_backends`: one per distinct backend.
+    pub backends: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        MapSizes {
+            services: 65536,
+            backends: 65536,
+        }
+    }
+}
+
+/// A frontend as the datapath holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ServiceEntry {
+    /// The virtual address.
+    pub frontend: Frontend,
+    /// The master entry's flags.
+    pub flags: u16,
+    /// Backend slots, in slot order (slot 1 first).
+    pub slots: Vec<SlotEntry>,
+}
+
+/// One backend slot of a frontend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SlotEntry {
+    /// Slot number, from 1.
+    pub slot: u16,
+    /// Key into `lb4_backends`.
+    pub backend_id: u32,
+    /// The backend, or `None` if the id has no entry (an inconsistency the
+    /// datapath answers by refusing the connection).
+    pub backend: Option<Backend>,
+}
+
+/// The load-balancing maps of one node, opened from their pins.
+///
+/// Backend ids are shared between frontends: a backend used by several
+/// services has one entry, released when the last service drops it. The id
+/// index is rebuilt from the maps when they are opened, so ids survive a
+/// restart of whoever programs them.
+#[derive(Debug)]
+pub struct LbMaps {
+    services: MapHandle,
+    backends: MapHandle,
+    /// Backend -> its id in `lb4_backends`.
+    backend_ids: HashMap<Backend, u32>,
+    /// Backend id -> number of slots pointing at it.
+    refs: HashMap<u32, u32>,
+    /// Where the search for a free backend id starts.
+    next_id: u32,
+}
+
+impl LbMaps {
+    /// Opens the maps pinned under `pin_dir` (as [`crate::SockLb`] pins
+    /// them) and indexes the backends they hold.
+    pub fn open_pinned(pin_dir: &Path) -> Result<Self, Error> {
+        let open = |name: &str| {
+            let path = pin_dir.join(name);
+            MapHandle::from_pinned_path(&path)
+                .map_err(|e| Error::bpf(format!("open pinned map {}", path.display()), e))
+        };
+        let mut maps = LbMaps {
+            services: open(SERVICES_MAP)?,
+            backends: open(BACKENDS_MAP)?,
+            backend_ids: HashMap::new(),
+            refs: HashMap::new(),
+            next_id: 1,
+        };
+        maps.reindex()?;
+        Ok(maps)
+    }
+
+    /// Rebuilds the backend index and reference counts from the maps.
+    fn reindex(&mut self) -> Result<(), Error> {
+        self.backend_ids.clear();
+        self.refs.clear();
+        for (id, entry) in self.backend_entries()? {
+            if let Some(backend) = encode::entry_backend(&entry) {
+                self.backend_ids.insert(backend, id);
+            }
+            self.refs.insert(id, 0);
+        }
+        for (key, value) in self.service_entries()? {
+            if key.backend_slot > 0 {
+                *self.refs.entry(value.backend_id).or_insert(0) += 1;
+            }
+        }
+        self.next_id = self
+            .refs
+            .keys()
+            .max()
+            .map_or(1, |max| max.wrapping_add(1).max(1));
+        Ok(())
+    }
+
+    /// Sets `frontend`'s backends to `backends` (duplicates ignored), writing
+    /// only the entries that change. An empty list keeps the frontend with
+    /// no backend, which refuses connections.
+    ///
+    /// Order keeps the datapath consistent at every step: backends first,
+    /// then slots, then the master entry's count, then surplus slots.
+    pub fn upsert_service(
+        &mut self,
+        frontend: &Frontend,
+        backends: &[Backend],
+    ) -> Result<(), Error> {
+        let mut seen = HashSet::new();
+        let wanted: Vec<Backend> = backends
+            .iter()
+            .copied()
+            .filter(|b| seen.insert(*b))
+            .collect();
+        if wanted.len() > MAX_BACKENDS {
+            return Err(Error::TooManyBackends {
+                frontend: frontend.to_string(),
+                count: wanted.len(),
+                max: MAX_BACKENDS,
+            });
+        }
+        let result = self.write_service(frontend, &wanted);
+        if result.is_err() {
+            // Part of the change may be in the maps: make the index match
+            // them again before reporting.
+            self.reindex()?;
+        }
+        result
+    }
+
+    fn write_service(&mut self, frontend: &Frontend, wanted: &[Backend]) -> Result<(), Error> {
+        let old_master = self.master(frontend)?;
+        let old_ids = self.slot_ids(frontend, old_master.map_or(0, |m| m.count))?;
+
+        let mut new_ids = Vec::with_capacity(wanted.len());
+        for backend in wanted {
+            new_ids.push(self.backend_id(backend)?);
+        }
+        for id in &new_ids {
+            *self.refs.entry(*id).or_insert(0) += 1;
+        }
+
+        for (i, id) in new_ids.iter().enumerate() {
+            if old_ids.get(i) != Some(&Some(*id)) {
+                let slot = slot_number(i);
+                self.put_service(
+                    &encode::service_key(frontend, slot),
+                    &encode::slot_entry(*id),
+                )?;
+            }
+        }
+        let count = u16::try_from(new_ids.len()).unwrap_or(u16::MAX);
+        if old_master.map(|m| m.count) != Some(count) {
+            let flags = old_master.map_or(0, |m| m.flags);
+            self.put_service(
+                &encode::service_key(frontend, 0),
+                &encode::master_entry(count, flags),
+            )?;
+        }
+        for i in new_ids.len()..old_ids.len() {
+            self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
+        }
+
+        self.release(old_ids.iter().flatten())
+    }
+
+    /// Removes `frontend` and releases backends no other frontend uses.
+    /// Returns whether it was present.
+    pub fn remove_service(&mut self, frontend: &Frontend) -> Result<bool, Error> {
+        let Some(master) = self.master(frontend)? else {
+            return Ok(false);
+        };
+        let ids = self.slot_ids(frontend, master.count)?;
+        self.delete_service_key(&encode::service_key(frontend, 0))?;
+        for i in 0..ids.len() {
+            self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
+        }
+        self.release(ids.iter().flatten())?;
+        Ok(true)
+    }
+
+    /// Every frontend in the datapath, sorted, with its slots resolved.
+    pub fn services(&self) -> Result<Vec<ServiceEntry>, Error> {
+        let backends: HashMap<u32, lb4_backend> = self.backend_entries()?.into_iter().collect();
+        let mut by_frontend: BTreeMap<Frontend, ServiceEntry> = BTreeMap::new();
+        let mut slots: Vec<(Frontend, SlotEntry)> = Vec::new();
+        for (key, value) in self.service_entries()? {
+            let Some((frontend, slot)) = encode::key_frontend(&key) else {
+                continue;
+            };
+            if slot == 0 {
+                by_frontend.insert(
+                    frontend,
+                    ServiceEntry {
+                        frontend,
+                        flags: value.flags,
+                        slots: Vec::new(),
+                    },
+                );
+            } else {
+                let backend = backends
+                    .get(&value.backend_id)
+                    .and_then(encode::entry_backend);
+                slots.push((
+                    frontend,
+                    SlotEntry {
+                        slot,
+                        backend_id: value.backend_id,
+                        backend,
+                    },
+                ));
+            }
+        }
+        for (frontend, slot) in slots {
+            if let Some(entry) = by_frontend.get_mut(&frontend) {
+                entry.slots.push(slot);
+            }
+        }
+        let mut entries: Vec<ServiceEntry> = by_frontend.into_values().collect();
+        for entry in &mut entries {
+            entry.slots.sort_by_key(|s| s.slot);
+        }
+        Ok(entries)
+    }
+
+    /// The id of `backend`, writing a new entry if it has none yet.
+    fn backend_id(&mut self, backend: &Backend) -> Result<u32, Error> {
+        if let Some(id) = self.backend_ids.get(backend) {
+            return Ok(*id);
+        }
+        let id = self.free_id()?;
+        let entry = encode::backend_entry(backend);
+        self.backends
+            .update(bytes_of(&id), bytes_of(&entry), MapFlags::ANY)
+            .map_err(|e| map_write_error(BACKENDS_MAP, &self.backends, e))?;
+        self.backend_ids.insert(*backend, id);
+        self.refs.insert(id, 0);
+        Ok(id)
+    }
+
+    fn free_id(&mut self) -> Result<u32, Error> {
+        let start = self.next_id;
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1).max(1);
+            if !self.refs.contains_key(&id) {
+                return Ok(id);
+            }
+            if self.next_id == start {
+                return Err(Error::BackendIdsExhausted);
+            }
+        }
+    }
+
+    /// Drops one reference to each of `ids`; deletes backends left unused.
+    fn release<'a>(&mut self, ids: impl Iterator<Item = &'a u32>) -> Result<(), Error> {
+        for id in ids {
+            let Some(count) = self.refs.get_mut(id) else {
+                continue;
+            };
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.refs.remove(id);
+                self.backend_ids.retain(|_, v| v != id);
+                delete_key(&self.backends, BACKENDS_MAP, bytes_of(id))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn master(&self, frontend: &Frontend) -> Result<Option<lb4_service>, Error> {
+        self.lookup_service(&encode::service_key(frontend, 0))
+    }
+
+    /// The backend ids of `frontend`'s slots 1..=count (`None` where a slot
+    /// is missing).
+    fn slot_ids(&self, frontend: &Frontend, count: u16) -> Result<Vec<Option<u32>>, Error> {
+        (1..=count)
+            .map(|slot| {
+                let entry = self.lookup_service(&encode::service_key(frontend, slot))?;
+                Ok(entry.map(|e| e.backend_id))
+            })
+            .collect()
+    }
+
+    fn lookup_service(&self, key: &lb4_key) -> Result<Option<lb4_service>, Error> {
+        let value = self
+            .services
+            .lookup(bytes_of(key), MapFlags::ANY)
+            .map_err(|e| Error::bpf(format!("look up {SERVICES_MAP}"), e))?;
+        value.map(|v| from_bytes(SERVICES_MAP, &v)).transpose()
+    }
+
+    fn put_service(&self, key: &lb4_key, value: &lb4_service) -> Result<(), Error> {
+        self.services
+            .update(bytes_of(key), bytes_of(value), MapFlags::ANY)
+            .map_err(|e| map_write_error(SERVICES_MAP, &self.services, e))
+    }
+
+    fn delete_service_key(&self, key: &lb4_key) -> Result<(), Error> {
+        delete_key(&self.services, SERVICES_MAP, bytes_of(key))
+    }
+
+    fn service_entries(&self) -> Result<Vec<(lb4_key, lb4_service)>, Error> {
+        entries(&self.services, SERVICES_MAP)
+    }
+
+    fn backend_entries(&self) -> Result<Vec<(u32, lb4_backend)>, Error> {
+        entries(&self.backends, BACKENDS_MAP)
+    }
+}
+
+/// Slot number of the `i`-th backend (slots start at 1).
+fn slot_number(i: usize) -> u16 {
+    u16::try_from(i + 1).unwrap_or(u16::MAX)
+}
+
+/// Every (key, value) of a hash map; entries deleted while iterating are
+/// skipped.
+fn entries<K: encode::MapEntry, V: encode::MapEntry>(
+    map: &MapHandle,
+    name: &'static str,
+) -> Result<Vec<(K, V)>, Error> {
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let value = map
+            .lookup(&key, MapFlags::ANY)
+            .map_err(|e| Error::bpf(format!("look up {name}"), e))?;
+        if let Some(value) = value {
+            out.push((from_bytes(name, &key)?, from_bytes(name, &value)?));
+        }
+    }
+    Ok(out)
+}
+
+fn delete_key(map: &MapHandle, name: &'static str, key: &[u8]) -> Result<(), Error> {
+    match map.delete(key) {
+        Err(e) if e.kind() != ErrorKind::NotFound => {
+            Err(Error::bpf(format!("delete from {name}"), e))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn map_write_error(name: &'static str, map: &MapHandle, e: libbpf_rs::Error) -> Error {
+    if e.kind() == ErrorKind::TooBig {
+        Error::MapFull {
+            map: name,
+            max_entries: map.max_entries(),
+        }
+    } else {
+        Error::bpf(format!("update {name}"), e)
+    }
+}

@@ -1,0 +1,23 @@
+//! Berth's eBPF datapath.
+//!
+//! This crate owns the C programs under `src/bpf/`, the layouts of the maps
+//! they share with user space, and a typed API over both:
+//!
+//! - [`SockLb`] loads the socket-level load balancer (`cgroup/connect4`),
+//!   pins its maps under a bpffs directory and attaches it to a cgroup2
+//!   directory;
+//! - [`LbMaps`] programs services into the pinned maps and reads them back;
+//! - [`model`] is the service model those maps encode. It knows nothing of
+//!   Kubernetes.
+
+pub mod bpffs;
+mod encode;
+mod error;
+mod lb_maps;
+pub mod model;
+mod skel;
+mod sock_lb;
+
+pub use error::Error;
+pub use lb_maps::{LbMaps, MapSizes, ServiceEntry, SlotEntry};
+pub use sock_lb::{SockLb, SockLbConfig};

@@ -1,0 +1,254 @@
+//! The socket-level load balancer on a testbed node: a connect to a
+//! virtual IP:port from inside the node's cgroup reaches a real backend;
+//! the same connect from outside it is not translated.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::process::{Command, Output, Stdio};
+
+use berth_ebpf::model::{Backend, Frontend, Protocol};
+use berth_ebpf::{LbMaps, MapSizes, SockLb, SockLbConfig};
+use berth_tests::{leftovers, require_root, Node, Testbed, TestbedConfig};
+
+/// A frontend's (backend id, backend) per slot.
+type Slots = Vec<(u32, Option<Backend>)>;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+
+fn attach(node: &Node) -> SockLb {
+    let config = SockLbConfig {
+        pin_dir: node.pin_dir().to_path_buf(),
+        map_sizes: MapSizes::default(),
+    };
+    SockLb::attach(&config, node.cgroup().path()).expect("attach sock_lb")
+}
+
+/// A TCP server on the node's loopback that answers each connection with
+/// `greeting`; returns its address.
+fn serve(node: &Node, greeting: &'static str, connections: usize) -> SocketAddrV4 {
+    let listener = node
+        .netns()
+        .run(|| TcpListener::bind("127.0.0.1:0"))
+        .expect("enter node")
+        .expect("bind on loopback");
+    let addr = match listener.local_addr().expect("address") {
+        std::net::SocketAddr::V4(a) => a,
+        other => panic!("IPv4 expected, got {other}"),
+    };
+    std::thread::spawn(move || {
+        for _ in 0..connections {
+            if let Ok((mut conn, _)) = listener.accept() {
+                let _ = conn.write_all(greeting.as_bytes());
+            }
+        }
+    });
+    addr
+}
+
+/// `busybox nc -w 3 IP PORT` in the node's netns, inside its cgroup or not.
+fn nc(node: &Node, target: SocketAddrV4, in_cgroup: bool) -> Output {
+    let mut cmd: Command = node.netns().command("busybox").expect("command");
+    cmd.args([
+        "nc",
+        "-w",
+        "3",
+        &target.ip().to_string(),
+        &target.port().to_string(),
+    ])
+    .stdin(Stdio::null());
+    if in_cgroup {
+        node.cgroup().add_on_spawn(&mut cmd).expect("cgroup");
+    }
+    cmd.output().expect("run busybox nc")
+}
+
+#[test]
+fn connect_to_a_virtual_address_is_translated_only_inside_the_node_cgroup() {
+    require_root();
+    let config = TestbedConfig::new(1);
+    let testbed = Testbed::new(&config).expect("testbed");
+    let node = &testbed.nodes()[0];
+    let lb = attach(node);
+
+    let backend = serve(node, "hello from the backend\n", 1);
+    let frontend = Frontend::new(VIP, 80, Protocol::Tcp);
+    let mut maps = lb.maps().expect("open maps");
+    maps.upsert_service(
+        &frontend,
+        &[Backend {
+            addr: backend,
+            proto: Protocol::Tcp,
+        }],
+    )
+    .expect("program service");
+
+    let inside = nc(node, frontend.addr, true);
+    assert_eq!(
+        String::from_utf8_lossy(&inside.stdout),
+        "hello from the backend\n",
+        "stderr: {}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+
+    // Outside the cgroup the virtual IP is just an address with no route.
+    let outside = nc(node, frontend.addr, false);
+    assert!(
+        !outside.status.success(),
+        "connect outside the cgroup must fail"
+    );
+    assert!(outside.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&outside.stderr);
+    assert!(
+        stderr.contains("unreachable"),
+        "untranslated connect: {stderr}"
+    );
+
+    // bpftool prints the pinned map with the C field names.
+    let dump = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(node.pin_dir().join("lb4_services"))
+        .output()
+        .expect("run bpftool");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("bpftool JSON");
+    let entries = entries.as_array().expect("array of entries");
+    assert_eq!(entries.len(), 2, "master entry and one slot: {entries:#?}");
+    let master = entries
+        .iter()
+        .map(|e| &e["formatted"])
+        .find(|f| f["key"]["backend_slot"] == 0)
+        .expect("a master entry with named fields");
+    assert_eq!(master["value"]["count"], 1);
+    assert_eq!(master["key"]["dport"], u64::from(80u16.to_be()));
+    assert_eq!(master["key"]["proto"], 6);
+    assert_eq!(
+        master["key"]["address"],
+        u64::from(u32::from_ne_bytes(VIP.octets()))
+    );
+
+    drop(lb);
+    drop(testbed);
+    assert_eq!(
+        leftovers(&config.prefix).expect("leftovers"),
+        Vec::<String>::new()
+    );
+}
+
+#[test]
+fn a_service_without_backends_refuses_at_once() {
+    require_root();
+    let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
+    let node = &testbed.nodes()[0];
+    let lb = attach(node);
+    let frontend = Frontend::new(VIP, 8080, Protocol::Tcp);
+    lb.maps()
+        .expect("maps")
+        .upsert_service(&frontend, &[])
+        .expect("program empty service");
+
+    let out = nc(node, frontend.addr, true);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not permitted"), "{stderr}");
+}
+
+#[test]
+fn a_new_loader_adopts_the_pinned_maps_and_link() {
+    require_root();
+    let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
+    let node = &testbed.nodes()[0];
+    let frontend = Frontend::new(VIP, 443, Protocol::Tcp);
+    let backend = serve(node, "still here\n", 2);
+    {
+        let lb = attach(node);
+        lb.maps()
+            .expect("maps")
+            .upsert_service(
+                &frontend,
+                &[Backend {
+                    addr: backend,
+                    proto: Protocol::Tcp,
+                }],
+            )
+            .expect("program");
+    }
+    // The loader is gone; the pinned link keeps translating.
+    let out = nc(node, frontend.addr, true);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+
+    // A new loader keeps the programmed service.
+    let lb = attach(node);
+    let services = lb.maps().expect("maps").services().expect("dump");
+    assert_eq!(services.len(), 1);
+    assert_eq!(services[0].frontend, frontend);
+    let out = nc(node, frontend.addr, true);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "still here\n");
+
+    // Detaching stops translation.
+    drop(lb);
+    assert!(SockLb::detach(node.pin_dir()).expect("detach"));
+    let out = nc(node, frontend.addr, true);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn maps_keep_backend_ids_across_changes_and_reopens() {
+    require_root();
+    let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
+    let node = &testbed.nodes()[0];
+    let _lb = attach(node);
+    let backend = |last: u8| Backend {
+        addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080),
+        proto: Protocol::Tcp,
+    };
+    let web = Frontend::new(VIP, 80, Protocol::Tcp);
+    let api = Frontend::new(Ipv4Addr::new(10, 96, 0, 11), 80, Protocol::Tcp);
+
+    let mut maps = LbMaps::open_pinned(node.pin_dir()).expect("open");
+    maps.upsert_service(&web, &[backend(1), backend(2), backend(3)])
+        .expect("web");
+    maps.upsert_service(&api, &[backend(3)]).expect("api");
+    let ids = |maps: &LbMaps| -> Vec<(Frontend, Slots)> {
+        maps.services()
+            .expect("dump")
+            .into_iter()
+            .map(|s| {
+                (
+                    s.frontend,
+                    s.slots
+                        .into_iter()
+                        .map(|x| (x.backend_id, x.backend))
+                        .collect(),
+                )
+            })
+            .collect()
+    };
+    let before = ids(&maps);
+    let web_ids: Vec<u32> = before[0].1.iter().map(|(id, _)| *id).collect();
+    assert_eq!(before[1].1[0].0, web_ids[2], "a shared backend has one id");
+
+    // Reopening (a restarted agent) finds the same ids and reuses them.
+    drop(maps);
+    let mut maps = LbMaps::open_pinned(node.pin_dir()).expect("reopen");
+    assert_eq!(ids(&maps), before);
+    maps.upsert_service(&web, &[backend(1), backend(3)])
+        .expect("shrink");
+    let after = ids(&maps);
+    assert_eq!(
+        after[0].1,
+        vec![
+            (web_ids[0], Some(backend(1))),
+            (web_ids[2], Some(backend(3)))
+        ]
+    );
+
+    // Removing the last user of a backend frees it; shared ones stay.
+    assert!(maps.remove_service(&web).expect("remove"));
+    assert!(!maps.remove_service(&web).expect("remove again"));
+    let left = ids(&maps);
+    assert_eq!(left, vec![(api, vec![(web_ids[2], Some(backend(3)))])]);
+}
