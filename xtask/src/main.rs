@@ -1,1 +1,36 @@
-fn main() {}
+//! `cargo xtask …`: Berth's developer tasks, one module each.
+
+mod cluster;
+mod deps;
+mod shell;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", about = "Berth's developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Install the Debian packages Berth needs to build and test (when missing).
+    Deps,
+    /// Check formatting and lints, then run every test (unit, privileged and end-to-end; needs root).
+    Test,
+    /// Bring up a local cluster: simulated nodes as network namespaces on this machine.
+    Up(cluster::UpArgs),
+    /// Remove the local cluster and everything it made.
+    Down(cluster::DownArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Deps => deps::install(),
+        Task::Test => test::all(),
+        Task::Up(args) => cluster::up(&args),
+        Task::Down(args) => cluster::down(&args),
+    }
+}
