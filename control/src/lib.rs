@@ -1,0 +1,3 @@
+//! `berth-control`: a small Kubernetes-compatible API server.
+
+pub mod store;
