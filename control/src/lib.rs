@@ -1,3 +1,19 @@
 //! `berth-control`: a small Kubernetes-compatible API server.
+//!
+//! - [`store`]: the key-value store with revisions and watches (embedded
+//!   database by default);
+//! - [`resources`]: what the API serves;
+//! - [`object`], [`validate`], [`patch`], [`selector`]: object handling;
+//! - [`alloc`]: ClusterIPs, NodePorts and pod CIDRs;
+//! - [`pki`] and [`auth`]: certificates, tokens, who may do what.
 
+pub mod alloc;
+pub mod auth;
+pub mod error;
+pub mod object;
+pub mod patch;
+pub mod pki;
+pub mod resources;
+pub mod selector;
 pub mod store;
+pub mod validate;

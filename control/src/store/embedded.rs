@@ -45,10 +45,13 @@ impl EmbeddedStore {
         let db = Database::create(&path).map_err(|e| backend("open database", e))?;
         // Make sure both tables exist, so reads never meet a missing table.
         let txn = db.begin_write().map_err(|e| backend("begin", e))?;
-        txn.open_table(OBJECTS).map_err(|e| backend("open table", e))?;
+        txn.open_table(OBJECTS)
+            .map_err(|e| backend("open table", e))?;
         let current = {
             let meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
-            let current = meta.get(REVISION_KEY).map_err(|e| backend("read revision", e))?;
+            let current = meta
+                .get(REVISION_KEY)
+                .map_err(|e| backend("read revision", e))?;
             current.map_or(0, |v| v.value())
         };
         txn.commit().map_err(|e| backend("commit", e))?;
@@ -77,7 +80,9 @@ impl EmbeddedStore {
             let mut history = inner.lock_writer();
             let txn = inner.db.begin_write().map_err(|e| backend("begin", e))?;
             let (event, result) = {
-                let mut objects = txn.open_table(OBJECTS).map_err(|e| backend("open table", e))?;
+                let mut objects = txn
+                    .open_table(OBJECTS)
+                    .map_err(|e| backend("open table", e))?;
                 let mut meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
                 let current = meta
                     .get(REVISION_KEY)
@@ -98,7 +103,9 @@ impl EmbeddedStore {
                         EventKind::Put
                     }
                     None => {
-                        objects.remove(key.as_str()).map_err(|e| backend("delete", e))?;
+                        objects
+                            .remove(key.as_str())
+                            .map_err(|e| backend("delete", e))?;
                         EventKind::Delete
                     }
                 };
@@ -133,8 +140,13 @@ impl Store for EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         let key = key.to_string();
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(|e| backend("begin read", e))?;
-            let objects = txn.open_table(OBJECTS).map_err(|e| backend("open table", e))?;
+            let txn = inner
+                .db
+                .begin_read()
+                .map_err(|e| backend("begin read", e))?;
+            let objects = txn
+                .open_table(OBJECTS)
+                .map_err(|e| backend("open table", e))?;
             let value = objects.get(key.as_str()).map_err(|e| backend("read", e))?;
             value.map(|v| decode(&key, v.value())).transpose()
         })
@@ -145,15 +157,23 @@ impl Store for EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         let prefix = prefix.to_string();
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(|e| backend("begin read", e))?;
-            let objects = txn.open_table(OBJECTS).map_err(|e| backend("open table", e))?;
+            let txn = inner
+                .db
+                .begin_read()
+                .map_err(|e| backend("begin read", e))?;
+            let objects = txn
+                .open_table(OBJECTS)
+                .map_err(|e| backend("open table", e))?;
             let meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
             let revision = meta
                 .get(REVISION_KEY)
                 .map_err(|e| backend("read revision", e))?
                 .map_or(0, |v| v.value());
             let mut records = Vec::new();
-            for entry in objects.range(prefix.as_str()..).map_err(|e| backend("list", e))? {
+            for entry in objects
+                .range(prefix.as_str()..)
+                .map_err(|e| backend("list", e))?
+            {
                 let (key, value) = entry.map_err(|e| backend("list", e))?;
                 let key = key.value();
                 if !key.starts_with(&prefix) {
@@ -223,9 +243,14 @@ impl Store for EmbeddedStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            let txn = inner.db.begin_read().map_err(|e| backend("begin read", e))?;
+            let txn = inner
+                .db
+                .begin_read()
+                .map_err(|e| backend("begin read", e))?;
             let meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
-            let revision = meta.get(REVISION_KEY).map_err(|e| backend("read revision", e))?;
+            let revision = meta
+                .get(REVISION_KEY)
+                .map_err(|e| backend("read revision", e))?;
             Ok(revision.map_or(0, |v| v.value()))
         })
         .await
@@ -317,7 +342,10 @@ mod tests {
     async fn writes_take_increasing_revisions_and_respect_preconditions() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let a = store.create("/r/pods/default/a", b"1".to_vec()).await.unwrap();
+        let a = store
+            .create("/r/pods/default/a", b"1".to_vec())
+            .await
+            .unwrap();
         assert_eq!((a.create_revision, a.mod_revision), (1, 1));
         assert!(matches!(
             store.create("/r/pods/default/a", b"x".to_vec()).await,
@@ -329,15 +357,26 @@ mod tests {
             .unwrap();
         assert_eq!((a2.create_revision, a2.mod_revision), (1, 2));
         assert!(matches!(
-            store.update("/r/pods/default/a", b"3".to_vec(), Some(1)).await,
-            Err(StoreError::Conflict { expected: 1, actual: 2, .. })
+            store
+                .update("/r/pods/default/a", b"3".to_vec(), Some(1))
+                .await,
+            Err(StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
         ));
         assert!(matches!(
-            store.update("/r/pods/default/zz", b"3".to_vec(), None).await,
+            store
+                .update("/r/pods/default/zz", b"3".to_vec(), None)
+                .await,
             Err(StoreError::NotFound { .. })
         ));
         store.create("/r/pods/kube/b", b"b".to_vec()).await.unwrap();
-        store.create("/r/services/default/a", b"s".to_vec()).await.unwrap();
+        store
+            .create("/r/services/default/a", b"s".to_vec())
+            .await
+            .unwrap();
 
         let (pods, rev) = store.list("/r/pods/").await.unwrap();
         assert_eq!(rev, 4);

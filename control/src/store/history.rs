@@ -146,13 +146,19 @@ mod tests {
         let mut history = History::new(5, 2);
         assert!(matches!(
             history.watch("/", 4),
-            Err(StoreError::Compacted { requested: 4, oldest: 5 })
+            Err(StoreError::Compacted {
+                requested: 4,
+                oldest: 5
+            })
         ));
         for rev in 6..=9 {
             history.push(put("/a", rev));
         }
         // Events 8 and 9 are kept: a watch may start after 7.
         assert!(history.watch("/", 7).is_ok());
-        assert!(matches!(history.watch("/", 6), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            history.watch("/", 6),
+            Err(StoreError::Compacted { .. })
+        ));
     }
 }
