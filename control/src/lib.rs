@@ -8,8 +8,10 @@
 //! - [`pki`] and [`auth`]: certificates, tokens, who may do what.
 
 pub mod alloc;
+pub mod api;
 pub mod auth;
 pub mod error;
+pub mod metrics;
 pub mod object;
 pub mod patch;
 pub mod pki;

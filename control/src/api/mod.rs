@@ -1,0 +1,234 @@
+//! The HTTP API: routing, authentication, and the TLS server.
+
+mod discovery;
+mod openapi;
+mod rest;
+mod table;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get};
+use axum::{Json, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::alloc::Allocator;
+use crate::auth::{Authenticator, User};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+pub use discovery::KUBERNETES_MINOR;
+
+/// Settings of the API layer.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// `host:port` clients reach the server at (for discovery).
+    pub server_address: String,
+    /// How often watches that asked for bookmarks get one.
+    pub bookmark_interval: Duration,
+}
+
+/// The API's shared state.
+#[derive(Clone)]
+pub struct Api(Arc<Inner>);
+
+struct Inner {
+    store: Arc<dyn Store>,
+    alloc: Allocator,
+    auth: Authenticator,
+    metrics: Metrics,
+    config: ApiConfig,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("config", &self.0.config).finish()
+    }
+}
+
+impl Api {
+    /// The API over `store`.
+    pub fn new(store: Arc<dyn Store>, alloc: Allocator, auth: Authenticator, config: ApiConfig) -> Self {
+        Api(Arc::new(Inner {
+            store,
+            alloc,
+            auth,
+            metrics: Metrics::default(),
+            config,
+        }))
+    }
+
+    /// Creates what every cluster has if it is missing: the `default`,
+    /// `kube-system`, `kube-public` and `kube-node-lease` namespaces and the
+    /// `kubernetes` Service.
+    pub async fn bootstrap(&self) -> Result<(), ApiError> {
+        rest::bootstrap(self).await
+    }
+
+    /// The routes.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/version", get(|| async { Json(discovery::version()) }))
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/livez", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .route("/api", get(core_versions))
+            .route("/apis", get(|| async { Json(discovery::groups()) }))
+            .route("/apis/{group}", get(group_info))
+            .route("/api/{version}", get(core_resources))
+            .route("/apis/{group}/{version}", get(group_resources))
+            .route("/openapi/v3", get(|| async { Json(openapi::index()) }))
+            .route("/openapi/v3/{*path}", get(openapi_document))
+            .route("/api/v1/{*rest}", any(core_rest))
+            .route("/apis/{group}/{version}/{*rest}", any(group_rest))
+            .fallback(|req: Request| async move { ApiError::no_route(req.uri().path()) })
+            .layer(middleware::from_fn_with_state(self.clone(), authenticate))
+            .with_state(self.clone())
+    }
+}
+
+/// Paths anyone may read, as kube-apiserver allows them to anonymous users.
+const PUBLIC_PATHS: &[&str] = &["/healthz", "/livez", "/readyz", "/version"];
+
+async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    if PUBLIC_PATHS.contains(&req.uri().path()) {
+        return next.run(req).await;
+    }
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match token.and_then(|t| api.0.auth.authenticate(t)) {
+        Some(user) => {
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        None => ApiError::unauthorized().into_response(),
+    }
+}
+
+async fn readyz(State(api): State<Api>) -> Response {
+    match api.0.store.revision().await {
+        Ok(_) => "ok".into_response(),
+        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]store failed: {e}\nreadyz check failed\n")).into_response(),
+    }
+}
+
+async fn metrics(State(api): State<Api>) -> Response {
+    let size = api.0.store.size_bytes().await.unwrap_or(0);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        api.0.metrics.render(size),
+    )
+        .into_response()
+}
+
+async fn core_versions(State(api): State<Api>) -> Response {
+    Json(discovery::core_versions(&api.0.config.server_address)).into_response()
+}
+
+async fn group_info(Path(group): Path<String>) -> Response {
+    match discovery::group_info(&group) {
+        Some(info) => Json(info).into_response(),
+        None => ApiError::no_route(&format!("/apis/{group}")).into_response(),
+    }
+}
+
+async fn core_resources(Path(version): Path<String>) -> Response {
+    match discovery::resource_list("", &version) {
+        Some(list) => Json(list).into_response(),
+        None => ApiError::no_route(&format!("/api/{version}")).into_response(),
+    }
+}
+
+async fn group_resources(Path((group, version)): Path<(String, String)>) -> Response {
+    match discovery::resource_list(&group, &version) {
+        Some(list) => Json(list).into_response(),
+        None => ApiError::no_route(&format!("/apis/{group}/{version}")).into_response(),
+    }
+}
+
+async fn openapi_document(Path(path): Path<String>) -> Response {
+    match openapi::document(&path) {
+        Some(doc) => Json(doc).into_response(),
+        None => ApiError::no_route(&format!("/openapi/v3/{path}")).into_response(),
+    }
+}
+
+async fn core_rest(State(api): State<Api>, Path(rest): Path<String>, req: Request) -> Response {
+    rest::handle(&api, "", "v1", &rest, req).await
+}
+
+async fn group_rest(
+    State(api): State<Api>,
+    Path((group, version, rest)): Path<(String, String, String)>,
+    req: Request,
+) -> Response {
+    rest::handle(&api, &group, &version, &rest, req).await
+}
+
+/// The authenticated user of a request (set by the middleware).
+fn user_of(req: &Request) -> Result<User, ApiError> {
+    req.extensions()
+        .get::<User>()
+        .cloned()
+        .ok_or_else(ApiError::unauthorized)
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = &mut shutdown => return Ok(()),
+        };
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// A JSON response with a status code.
+fn json_response(code: StatusCode, value: &serde_json::Value) -> Response {
+    (code, Json(value)).into_response()
+}
+
+/// The Status body of a successful delete of many objects.
+fn success_status() -> serde_json::Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"})
+}

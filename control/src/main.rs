@@ -1,0 +1,201 @@
+//! `berth-control`: the API server.
+//!
+//! `berth-control [FLAGS]` serves; `berth-control node-credentials` writes
+//! a node agent's kubeconfig.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use berth_control::alloc::{Allocator, Ranges};
+use berth_control::api::{self, Api, ApiConfig};
+use berth_control::auth::{self, Authenticator};
+use berth_control::pki::{self, Pki};
+use berth_control::store::{EmbeddedStore, Store};
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::Ipv4Network;
+
+#[derive(Debug, Parser)]
+#[command(name = "berth-control", version, about = "Berth's Kubernetes-compatible API server")]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write a kubeconfig for a node agent (its token may only write its own Node, Lease and pods).
+    NodeCredentials {
+        /// Data directory of the server.
+        #[arg(long, default_value = "/var/lib/berth/control")]
+        data_dir: PathBuf,
+        /// Node name.
+        #[arg(long)]
+        node: String,
+        /// Server URL written into the kubeconfig.
+        #[arg(long, default_value = "https://127.0.0.1:6443")]
+        server: String,
+        /// Where to write the kubeconfig.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// Address to serve HTTPS on.
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    listen: SocketAddr,
+    /// Where the store, certificates, tokens and admin kubeconfig live.
+    #[arg(long, default_value = "/var/lib/berth/control")]
+    data_dir: PathBuf,
+    /// Address clients use to reach the server (certificate and kubeconfig); defaults to the listen address.
+    #[arg(long)]
+    advertise_address: Option<String>,
+    /// ClusterIPs come from this CIDR.
+    #[arg(long, default_value = "10.96.0.0/12")]
+    service_cidr: Ipv4Network,
+    /// Pod CIDRs of nodes are cut from this CIDR.
+    #[arg(long, default_value = "10.244.0.0/16")]
+    cluster_cidr: Ipv4Network,
+    /// Prefix length of each node's pod CIDR.
+    #[arg(long, default_value_t = 24)]
+    node_cidr_size: u8,
+    /// NodePorts come from this range.
+    #[arg(long, default_value = "30000-32767")]
+    service_node_port_range: String,
+    /// Events kept for watches that resume from an older resourceVersion.
+    #[arg(long, default_value_t = 10_000)]
+    watch_history: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::NodeCredentials {
+            data_dir,
+            node,
+            server,
+            out,
+        }) => node_credentials(&data_dir, &node, &server, &out),
+        None => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?
+            .block_on(serve(cli.serve)),
+    }
+}
+
+fn node_credentials(data_dir: &Path, node: &str, server: &str, out: &Path) -> anyhow::Result<()> {
+    let ca = std::fs::read_to_string(data_dir.join("pki/ca.crt")).with_context(|| {
+        format!("reading the CA from {} (has berth-control started once?)", data_dir.display())
+    })?;
+    let token = auth::ensure_node(&data_dir.join("tokens.csv"), node)?;
+    let user = format!("system:node:{node}");
+    pki::write_private(out, &pki::kubeconfig(server, &ca, &user, &token))?;
+    println!("{}", out.display());
+    Ok(())
+}
+
+fn parse_port_range(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>> {
+    let (lo, hi) = text
+        .split_once('-')
+        .with_context(|| format!("--service-node-port-range {text:?} is not LOW-HIGH"))?;
+    let lo: u16 = lo.trim().parse().with_context(|| format!("bad port {lo:?}"))?;
+    let hi: u16 = hi.trim().parse().with_context(|| format!("bad port {hi:?}"))?;
+    if lo == 0 || lo > hi {
+        bail!("--service-node-port-range {text:?} is empty or starts at 0");
+    }
+    Ok(lo..=hi)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    if !(8..=30).contains(&args.node_cidr_size) || args.node_cidr_size < args.cluster_cidr.prefix() {
+        bail!(
+            "--node-cidr-size {} must be between the cluster CIDR's prefix ({}) and 30",
+            args.node_cidr_size,
+            args.cluster_cidr.prefix()
+        );
+    }
+    if args.service_cidr.prefix() > 29 {
+        bail!("--service-cidr {} is too small (at most /29)", args.service_cidr);
+    }
+    let node_ports = parse_port_range(&args.service_node_port_range)?;
+    let advertise = args
+        .advertise_address
+        .clone()
+        .unwrap_or_else(|| args.listen.ip().to_string());
+    let server_address = format!("{advertise}:{}", args.listen.port());
+    let server_url = format!("https://{server_address}");
+
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let store: Arc<dyn Store> = Arc::new(
+        EmbeddedStore::open(&args.data_dir.join("store"), args.watch_history)
+            .context("opening the embedded store")?,
+    );
+    let mut names = vec![advertise.clone(), "localhost".to_string(), "127.0.0.1".to_string()];
+    names.dedup();
+    let pki = Pki::ensure(&args.data_dir.join("pki"), &names)?;
+    let tokens = args.data_dir.join("tokens.csv");
+    let admin_token = auth::ensure_admin(&tokens)?;
+    let kubeconfig = args.data_dir.join("admin.kubeconfig");
+    pki::write_private(&kubeconfig, &pki::kubeconfig(&server_url, &pki.ca_pem, "admin", &admin_token))?;
+
+    let ranges = Ranges {
+        service_cidr: args.service_cidr,
+        cluster_cidr: args.cluster_cidr,
+        node_cidr_prefix: args.node_cidr_size,
+        node_ports,
+    };
+    let api = Api::new(
+        Arc::clone(&store),
+        Allocator::new(Arc::clone(&store), ranges),
+        Authenticator::new(tokens),
+        ApiConfig {
+            server_address,
+            bookmark_interval: Duration::from_secs(60),
+        },
+    );
+    api.bootstrap().await.context("creating the default namespaces and Services")?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    tracing::info!(
+        url = %server_url,
+        kubeconfig = %kubeconfig.display(),
+        "berth-control serving (Kubernetes API v1.{})",
+        api::KUBERNETES_MINOR
+    );
+    api::serve(listener, pki.server_config()?, api.router(), shutdown_signal()).await?;
+    tracing::info!("berth-control stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
