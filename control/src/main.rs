@@ -18,7 +18,11 @@ use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 
 #[derive(Debug, Parser)]
-#[command(name = "berth-control", version, about = "Berth's Kubernetes-compatible API server")]
+#[command(
+    name = "berth-control",
+    version,
+    about = "Berth's Kubernetes-compatible API server"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
@@ -100,7 +104,10 @@ fn main() -> anyhow::Result<()> {
 
 fn node_credentials(data_dir: &Path, node: &str, server: &str, out: &Path) -> anyhow::Result<()> {
     let ca = std::fs::read_to_string(data_dir.join("pki/ca.crt")).with_context(|| {
-        format!("reading the CA from {} (has berth-control started once?)", data_dir.display())
+        format!(
+            "reading the CA from {} (has berth-control started once?)",
+            data_dir.display()
+        )
     })?;
     let token = auth::ensure_node(&data_dir.join("tokens.csv"), node)?;
     let user = format!("system:node:{node}");
@@ -113,8 +120,14 @@ fn parse_port_range(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>>
     let (lo, hi) = text
         .split_once('-')
         .with_context(|| format!("--service-node-port-range {text:?} is not LOW-HIGH"))?;
-    let lo: u16 = lo.trim().parse().with_context(|| format!("bad port {lo:?}"))?;
-    let hi: u16 = hi.trim().parse().with_context(|| format!("bad port {hi:?}"))?;
+    let lo: u16 = lo
+        .trim()
+        .parse()
+        .with_context(|| format!("bad port {lo:?}"))?;
+    let hi: u16 = hi
+        .trim()
+        .parse()
+        .with_context(|| format!("bad port {hi:?}"))?;
     if lo == 0 || lo > hi {
         bail!("--service-node-port-range {text:?} is empty or starts at 0");
     }
@@ -122,7 +135,8 @@ fn parse_port_range(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u16>>
 }
 
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    if !(8..=30).contains(&args.node_cidr_size) || args.node_cidr_size < args.cluster_cidr.prefix() {
+    if !(8..=30).contains(&args.node_cidr_size) || args.node_cidr_size < args.cluster_cidr.prefix()
+    {
         bail!(
             "--node-cidr-size {} must be between the cluster CIDR's prefix ({}) and 30",
             args.node_cidr_size,
@@ -130,7 +144,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     if args.service_cidr.prefix() > 29 {
-        bail!("--service-cidr {} is too small (at most /29)", args.service_cidr);
+        bail!(
+            "--service-cidr {} is too small (at most /29)",
+            args.service_cidr
+        );
     }
     let node_ports = parse_port_range(&args.service_node_port_range)?;
     let advertise = args
@@ -146,13 +163,20 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         EmbeddedStore::open(&args.data_dir.join("store"), args.watch_history)
             .context("opening the embedded store")?,
     );
-    let mut names = vec![advertise.clone(), "localhost".to_string(), "127.0.0.1".to_string()];
+    let mut names = vec![
+        advertise.clone(),
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+    ];
     names.dedup();
     let pki = Pki::ensure(&args.data_dir.join("pki"), &names)?;
     let tokens = args.data_dir.join("tokens.csv");
     let admin_token = auth::ensure_admin(&tokens)?;
     let kubeconfig = args.data_dir.join("admin.kubeconfig");
-    pki::write_private(&kubeconfig, &pki::kubeconfig(&server_url, &pki.ca_pem, "admin", &admin_token))?;
+    pki::write_private(
+        &kubeconfig,
+        &pki::kubeconfig(&server_url, &pki.ca_pem, "admin", &admin_token),
+    )?;
 
     let ranges = Ranges {
         service_cidr: args.service_cidr,
@@ -169,7 +193,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bookmark_interval: Duration::from_secs(60),
         },
     );
-    api.bootstrap().await.context("creating the default namespaces and Services")?;
+    api.bootstrap()
+        .await
+        .context("creating the default namespaces and Services")?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -180,7 +206,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "berth-control serving (Kubernetes API v1.{})",
         api::KUBERNETES_MINOR
     );
-    api::serve(listener, pki.server_config()?, api.router(), shutdown_signal()).await?;
+    api::serve(
+        listener,
+        pki.server_config()?,
+        api.router(),
+        shutdown_signal(),
+    )
+    .await?;
     tracing::info!("berth-control stopped");
     Ok(())
 }

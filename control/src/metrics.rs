@@ -133,7 +133,12 @@ mod tests {
         m.observe("list", "pods", 200, Duration::from_millis(3));
         let guard = m.watch_opened();
         let text = m.render(4096);
-        assert!(text.contains("apiserver_request_total{verb=\"list\",resource=\"pods\",code=\"200\"} 1"), "{text}");
+        assert!(
+            text.contains(
+                "apiserver_request_total{verb=\"list\",resource=\"pods\",code=\"200\"} 1"
+            ),
+            "{text}"
+        );
         assert!(text.contains("apiserver_registered_watchers 1"));
         assert!(text.contains("apiserver_storage_size_bytes 4096"));
         drop(guard);

@@ -47,7 +47,10 @@ fn group(name: &str, version: &str) -> Value {
 
 /// `/apis`: every named group.
 pub(super) fn groups() -> Value {
-    let groups: Vec<Value> = resources::groups().into_iter().map(|(g, v)| group(g, v)).collect();
+    let groups: Vec<Value> = resources::groups()
+        .into_iter()
+        .map(|(g, v)| group(g, v))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -128,10 +131,16 @@ mod tests {
     fn apps_lists_scale_as_autoscaling() {
         let list = resource_list("apps", "v1").unwrap();
         let resources = list["resources"].as_array().unwrap();
-        let scale = resources.iter().find(|r| r["name"] == "deployments/scale").unwrap();
+        let scale = resources
+            .iter()
+            .find(|r| r["name"] == "deployments/scale")
+            .unwrap();
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
-        let deploy = resources.iter().find(|r| r["name"] == "deployments").unwrap();
+        let deploy = resources
+            .iter()
+            .find(|r| r["name"] == "deployments")
+            .unwrap();
         assert_eq!(deploy["shortNames"], json!(["deploy"]));
         assert!(resource_list("batch", "v1").is_none());
     }
@@ -139,7 +148,11 @@ mod tests {
     #[test]
     fn core_group_is_not_among_named_groups() {
         let groups = groups();
-        assert!(groups["groups"].as_array().unwrap().iter().all(|g| g["name"] != ""));
+        assert!(groups["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|g| g["name"] != ""));
         assert!(group_info("apps").is_some());
         assert!(group_info("batch").is_none());
     }

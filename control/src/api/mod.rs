@@ -52,13 +52,20 @@ struct Inner {
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("config", &self.0.config).finish()
+        f.debug_struct("Api")
+            .field("config", &self.0.config)
+            .finish()
     }
 }
 
 impl Api {
     /// The API over `store`.
-    pub fn new(store: Arc<dyn Store>, alloc: Allocator, auth: Authenticator, config: ApiConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        alloc: Allocator,
+        auth: Authenticator,
+        config: ApiConfig,
+    ) -> Self {
         Api(Arc::new(Inner {
             store,
             alloc,
@@ -123,14 +130,21 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
 async fn readyz(State(api): State<Api>) -> Response {
     match api.0.store.revision().await {
         Ok(_) => "ok".into_response(),
-        Err(e) => (StatusCode::SERVICE_UNAVAILABLE, format!("[-]store failed: {e}\nreadyz check failed\n")).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]store failed: {e}\nreadyz check failed\n"),
+        )
+            .into_response(),
     }
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
     let size = api.0.store.size_bytes().await.unwrap_or(0);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         api.0.metrics.render(size),
     )
         .into_response()

@@ -141,7 +141,11 @@ fn operations(r: &Resource, paths: &mut Map<String, Value>) {
     let schema_ref = json!({"$ref": format!("#/components/schemas/{}", schema_name(r.kind))});
     let body = json!({"content": {"application/json": {"schema": schema_ref}}});
     let response = json!({"200": {"description": "OK", "content": {"application/json": {"schema": schema_ref}}}});
-    let write_params = [query("dryRun"), query("fieldManager"), query("fieldValidation")];
+    let write_params = [
+        query("dryRun"),
+        query("fieldManager"),
+        query("fieldValidation"),
+    ];
     let op = |action: &str, params: &[Value], with_body: bool| {
         let mut op = json!({
             "operationId": format!("{action}{}", r.kind),
@@ -195,7 +199,12 @@ mod tests {
     fn the_index_lists_every_group_version() {
         let idx = index();
         let paths = idx["paths"].as_object().unwrap();
-        for p in ["api/v1", "apis/apps/v1", "apis/discovery.k8s.io/v1", "apis/coordination.k8s.io/v1"] {
+        for p in [
+            "api/v1",
+            "apis/apps/v1",
+            "apis/discovery.k8s.io/v1",
+            "apis/coordination.k8s.io/v1",
+        ] {
             let url = paths[p]["serverRelativeURL"].as_str().unwrap();
             assert!(url.starts_with(&format!("/openapi/v3/{p}?hash=")), "{url}");
         }
@@ -204,12 +213,21 @@ mod tests {
     #[test]
     fn patch_operations_accept_field_validation_and_name_their_kind() {
         let doc = document("apis/apps/v1").unwrap();
-        let patch = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
-        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "Deployment");
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
         let params = patch["parameters"].as_array().unwrap();
-        assert!(params.iter().any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
+        assert!(params
+            .iter()
+            .any(|p| p["name"] == "fieldValidation" && p["in"] == "query"));
         let schema = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
-        assert_eq!(schema["x-kubernetes-group-version-kind"][0]["kind"], "Deployment");
+        assert_eq!(
+            schema["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
         assert!(schema["properties"]["spec"].is_object());
         assert!(document("apis/batch/v1").is_none());
     }

@@ -58,14 +58,22 @@ impl Target {
 fn parse_target(group: &str, version: &str, rest: &str) -> Result<Target, ApiError> {
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let not_found = || {
-        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        let prefix = if group.is_empty() {
+            format!("/api/{version}")
+        } else {
+            format!("/apis/{group}/{version}")
+        };
         ApiError::no_route(&format!("{prefix}/{rest}"))
     };
-    let namespaced_resource = |plural: &str| resources::find(group, version, plural).filter(|r| r.namespaced);
+    let namespaced_resource =
+        |plural: &str| resources::find(group, version, plural).filter(|r| r.namespaced);
     let (namespace, tail) = match segments.as_slice() {
-        ["namespaces", ns, plural, tail @ ..] if namespaced_resource(plural).is_some() => {
-            (Some((*ns).to_string()), std::iter::once(*plural).chain(tail.iter().copied()).collect::<Vec<_>>())
-        }
+        ["namespaces", ns, plural, tail @ ..] if namespaced_resource(plural).is_some() => (
+            Some((*ns).to_string()),
+            std::iter::once(*plural)
+                .chain(tail.iter().copied())
+                .collect::<Vec<_>>(),
+        ),
         other => (None, other.to_vec()),
     };
     let (plural, name, sub) = match tail.as_slice() {
@@ -89,7 +97,11 @@ fn parse_target(group: &str, version: &str, rest: &str) -> Result<Target, ApiErr
 }
 
 /// The verb of a request, as authorization and metrics name it.
-fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> Result<&'static str, ApiError> {
+fn verb(
+    method: &Method,
+    target: &Target,
+    query: &HashMap<String, String>,
+) -> Result<&'static str, ApiError> {
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
     Ok(match (method.as_str(), target.name.is_some()) {
         ("GET", false) if watching => "watch",
@@ -112,16 +124,25 @@ fn verb(method: &Method, target: &Target, query: &HashMap<String, String>) -> Re
 }
 
 /// Entry point of every resource request.
-pub(super) async fn handle(api: &Api, group: &str, version: &str, rest: &str, req: Request) -> Response {
+pub(super) async fn handle(
+    api: &Api,
+    group: &str,
+    version: &str,
+    rest: &str,
+    req: Request,
+) -> Response {
     let started = Instant::now();
     let mut label = ("unknown", String::from("unknown"));
     let response = match handle_inner(api, group, version, rest, req, &mut label).await {
         Ok(response) => response,
         Err(e) => e.into_response(),
     };
-    api.0
-        .metrics
-        .observe(label.0, &label.1, response.status().as_u16(), started.elapsed());
+    api.0.metrics.observe(
+        label.0,
+        &label.1,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
     response
 }
 
@@ -179,9 +200,18 @@ async fn authorize(api: &Api, user: &User, verb: &str, target: &Target) -> Resul
         && target.resource.plural == "pods"
         && !matches!(verb, "get" | "list" | "watch")
     {
-        if let Some(record) = api.0.store.get(&target.key()).await.map_err(|e| store_error(target, e))? {
+        if let Some(record) = api
+            .0
+            .store
+            .get(&target.key())
+            .await
+            .map_err(|e| store_error(target, e))?
+        {
             let pod = object::from_record(&record)?;
-            bound_node = pod.pointer("/spec/nodeName").and_then(Value::as_str).map(String::from);
+            bound_node = pod
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .map(String::from);
         }
     }
     auth::authorize(
@@ -226,7 +256,9 @@ fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
     match query.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
         Some("All") => Ok(true),
-        Some(other) => Err(ApiError::bad_request(format!("dryRun must be All, not {other:?}"))),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "dryRun must be All, not {other:?}"
+        ))),
     }
 }
 
@@ -275,8 +307,14 @@ impl Ctx<'_> {
 
     fn respond(&self, code: StatusCode, obj: &Value) -> Response {
         if wants_table(self.headers) {
-            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
-            json_response(code, &table::table(self.resource().kind, std::slice::from_ref(obj), rv))
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            json_response(
+                code,
+                &table::table(self.resource().kind, std::slice::from_ref(obj), rv),
+            )
         } else {
             json_response(code, obj)
         }
@@ -309,7 +347,10 @@ impl Ctx<'_> {
         }
         let rv = revision.to_string();
         if wants_table(self.headers) {
-            return Ok(json_response(StatusCode::OK, &table::table(self.resource().kind, &items, &rv)));
+            return Ok(json_response(
+                StatusCode::OK,
+                &table::table(self.resource().kind, &items, &rv),
+            ));
         }
         Ok(json_response(
             StatusCode::OK,
@@ -336,7 +377,11 @@ impl Ctx<'_> {
             .map_err(|e| store_error(self.target, e))?;
         match record {
             None => Err(ApiError::not_found("namespaces", ns)),
-            Some(r) if object::from_record(&r)?.pointer("/metadata/deletionTimestamp").is_some() => {
+            Some(r)
+                if object::from_record(&r)?
+                    .pointer("/metadata/deletionTimestamp")
+                    .is_some() =>
+            {
                 Err(ApiError::forbidden(format!(
                     "unable to create new content in namespace {ns} because it is being terminated"
                 )))
@@ -359,10 +404,18 @@ impl Ctx<'_> {
         let claims = self.allocate(&mut obj, None, &name).await?;
         if dry_run(self.query)? {
             self.api.0.alloc.release(claims).await;
-            return Ok(with_warnings(self.respond(StatusCode::CREATED, &obj), &warnings));
+            return Ok(with_warnings(
+                self.respond(StatusCode::CREATED, &obj),
+                &warnings,
+            ));
         }
         let key = resource.key(object::namespace(&obj), &name);
-        let stored = self.api.0.store.create(&key, object::to_stored(&obj)?).await;
+        let stored = self
+            .api
+            .0
+            .store
+            .create(&key, object::to_stored(&obj)?)
+            .await;
         let record = match stored {
             Ok(record) => record,
             Err(e) => {
@@ -371,11 +424,19 @@ impl Ctx<'_> {
             }
         };
         let created = object::from_record(&record)?;
-        Ok(with_warnings(self.respond(StatusCode::CREATED, &created), &warnings))
+        Ok(with_warnings(
+            self.respond(StatusCode::CREATED, &created),
+            &warnings,
+        ))
     }
 
     /// Allocates what the API server owns for Services and Nodes.
-    async fn allocate(&self, obj: &mut Value, old: Option<&Value>, name: &str) -> Result<Claims, ApiError> {
+    async fn allocate(
+        &self,
+        obj: &mut Value,
+        old: Option<&Value>,
+        name: &str,
+    ) -> Result<Claims, ApiError> {
         if self.target.sub.is_some() {
             return Ok(Claims::default());
         }
@@ -430,7 +491,9 @@ impl Ctx<'_> {
                 return Err(ApiError::conflict(resource.plural, self.target.name()));
             }
         }
-        let claims = self.allocate(&mut new, Some(old), self.target.name()).await?;
+        let claims = self
+            .allocate(&mut new, Some(old), self.target.name())
+            .await?;
         if dry_run(self.query)? {
             self.api.0.alloc.release(claims).await;
             return Ok(with_warnings(self.respond(StatusCode::OK, &new), &warnings));
@@ -444,7 +507,10 @@ impl Ctx<'_> {
             && !awaits_node(resource, &new);
         if finalized {
             let deleted = self.remove(record, old).await?;
-            return Ok(with_warnings(self.respond(StatusCode::OK, &deleted), &warnings));
+            return Ok(with_warnings(
+                self.respond(StatusCode::OK, &deleted),
+                &warnings,
+            ));
         }
         let stored = object::to_stored(&new)?;
         if *stored == *record.value {
@@ -458,7 +524,10 @@ impl Ctx<'_> {
             .update(&record.key, stored, Some(record.mod_revision))
             .await;
         match result {
-            Ok(r) => Ok(with_warnings(self.respond(StatusCode::OK, &object::from_record(&r)?), &warnings)),
+            Ok(r) => Ok(with_warnings(
+                self.respond(StatusCode::OK, &object::from_record(&r)?),
+                &warnings,
+            )),
             Err(e) => {
                 self.api.0.alloc.release(claims).await;
                 Err(store_error(self.target, e))
@@ -474,7 +543,9 @@ impl Ctx<'_> {
             .unwrap_or("");
         let kind = PatchType::from_content_type(content_type)?;
         if self.target.sub.as_deref() == Some("scale") {
-            return self.write_scale(|scale| patch::apply(scale, body, kind)).await;
+            return self
+                .write_scale(|scale| patch::apply(scale, body, kind))
+                .await;
         }
         for _ in 0..PATCH_ATTEMPTS {
             let (record, old) = self.read().await?;
@@ -484,7 +555,12 @@ impl Ctx<'_> {
             let sent_rv = new
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
-                .filter(|rv| *rv != old.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or(""))
+                .filter(|rv| {
+                    *rv != old
+                        .pointer("/metadata/resourceVersion")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                })
                 .map(object::parse_resource_version)
                 .transpose()?;
             match self.write(&record, &old, new, sent_rv).await {
@@ -492,12 +568,18 @@ impl Ctx<'_> {
                 other => return other,
             }
         }
-        Err(ApiError::conflict(self.resource().plural, self.target.name()))
+        Err(ApiError::conflict(
+            self.resource().plural,
+            self.target.name(),
+        ))
     }
 
     /// Reads the scale of a Deployment or ReplicaSet, lets `change` produce
     /// the new Scale, and writes its replicas into the object.
-    async fn write_scale(&self, change: impl Fn(&Value) -> Result<Value, ApiError>) -> Result<Response, ApiError> {
+    async fn write_scale(
+        &self,
+        change: impl Fn(&Value) -> Result<Value, ApiError>,
+    ) -> Result<Response, ApiError> {
         for _ in 0..PATCH_ATTEMPTS {
             let (record, old) = self.read().await?;
             let scale = scale_of(&old);
@@ -514,7 +596,10 @@ impl Ctx<'_> {
                 .transpose()?;
             if let Some(expected) = expected {
                 if expected != record.mod_revision {
-                    return Err(ApiError::conflict(self.resource().plural, self.target.name()));
+                    return Err(ApiError::conflict(
+                        self.resource().plural,
+                        self.target.name(),
+                    ));
                 }
             }
             let mut new = old.clone();
@@ -525,7 +610,10 @@ impl Ctx<'_> {
                 name: self.target.name.clone(),
                 sub: None,
             };
-            let ctx = Ctx { target: &target, ..*self };
+            let ctx = Ctx {
+                target: &target,
+                ..*self
+            };
             match ctx.write(&record, &old, new, None).await {
                 Ok(_) => {
                     let (_, current) = ctx.read().await?;
@@ -535,7 +623,10 @@ impl Ctx<'_> {
                 Err(e) => return Err(e),
             }
         }
-        Err(ApiError::conflict(self.resource().plural, self.target.name()))
+        Err(ApiError::conflict(
+            self.resource().plural,
+            self.target.name(),
+        ))
     }
 
     /// `POST pods/<name>/binding`: assigns the pod to a node.
@@ -546,7 +637,11 @@ impl Ctx<'_> {
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
             .ok_or_else(|| {
-                ApiError::invalid("Binding", self.target.name(), &[("target.name".into(), "Required value".into())])
+                ApiError::invalid(
+                    "Binding",
+                    self.target.name(),
+                    &[("target.name".into(), "Required value".into())],
+                )
             })?
             .to_string();
         let (record, old) = self.read().await?;
@@ -554,7 +649,10 @@ impl Ctx<'_> {
             return Err(ApiError {
                 code: 409,
                 reason: "Conflict",
-                message: format!("pod {} is already assigned to node \"{current}\"", self.target.name()),
+                message: format!(
+                    "pod {} is already assigned to node \"{current}\"",
+                    self.target.name()
+                ),
                 details: None,
             });
         }
@@ -571,16 +669,32 @@ impl Ctx<'_> {
     }
 
     async fn delete(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let options: Value = if body.is_empty() { json!({}) } else { parse_body(body)? };
+        let options: Value = if body.is_empty() {
+            json!({})
+        } else {
+            parse_body(body)?
+        };
         let (record, old) = self.read().await?;
-        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
+        if let Some(uid) = options
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+        {
             if old.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                return Err(ApiError::conflict(self.resource().plural, self.target.name()));
+                return Err(ApiError::conflict(
+                    self.resource().plural,
+                    self.target.name(),
+                ));
             }
         }
-        if let Some(rv) = options.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+        if let Some(rv) = options
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
             if object::parse_resource_version(rv)? != record.mod_revision {
-                return Err(ApiError::conflict(self.resource().plural, self.target.name()));
+                return Err(ApiError::conflict(
+                    self.resource().plural,
+                    self.target.name(),
+                ));
             }
         }
         if self.resource().kind == "Namespace" && SYSTEM_NAMESPACES.contains(&self.target.name()) {
@@ -593,7 +707,12 @@ impl Ctx<'_> {
             .query
             .get("gracePeriodSeconds")
             .map(|g| g.parse::<i64>())
-            .or_else(|| options.get("gracePeriodSeconds").and_then(Value::as_i64).map(Ok))
+            .or_else(|| {
+                options
+                    .get("gracePeriodSeconds")
+                    .and_then(Value::as_i64)
+                    .map(Ok)
+            })
             .transpose()
             .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?;
         if dry_run(self.query)? {
@@ -613,7 +732,12 @@ impl Ctx<'_> {
 
     /// Sets deletionTimestamp (and a pod's grace period) instead of
     /// removing: finalizers or the pod's node finish the delete.
-    async fn mark_deleted(&self, record: &Record, old: Value, grace: Option<i64>) -> Result<Response, ApiError> {
+    async fn mark_deleted(
+        &self,
+        record: &Record,
+        old: Value,
+        grace: Option<i64>,
+    ) -> Result<Response, ApiError> {
         if old.pointer("/metadata/deletionTimestamp").is_some() {
             return Ok(self.respond(StatusCode::OK, &old));
         }
@@ -621,7 +745,10 @@ impl Ctx<'_> {
         let mut deadline = jiff::Timestamp::now();
         if self.resource().kind == "Pod" {
             let grace = grace
-                .or_else(|| new.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+                .or_else(|| {
+                    new.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
                 .unwrap_or(DEFAULT_GRACE_SECONDS)
                 .max(1);
             new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
@@ -629,12 +756,17 @@ impl Ctx<'_> {
                 .checked_add(jiff::SignedDuration::from_secs(grace))
                 .unwrap_or(deadline);
         }
-        new["metadata"]["deletionTimestamp"] = json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        new["metadata"]["deletionTimestamp"] =
+            json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         let updated = self
             .api
             .0
             .store
-            .update(&record.key, object::to_stored(&new)?, Some(record.mod_revision))
+            .update(
+                &record.key,
+                object::to_stored(&new)?,
+                Some(record.mod_revision),
+            )
             .await
             .map_err(|e| store_error(self.target, e))?;
         Ok(self.respond(StatusCode::OK, &object::from_record(&updated)?))
@@ -679,13 +811,22 @@ impl Ctx<'_> {
                 name: object::name(&obj).map(String::from),
                 sub: None,
             };
-            let ctx = Ctx { target: &target, ..*self };
+            let ctx = Ctx {
+                target: &target,
+                ..*self
+            };
             match ctx.delete(&Bytes::new()).await {
                 Ok(_) | Err(ApiError { code: 404, .. }) => deleted.push(obj),
                 Err(e) => return Err(e),
             }
         }
-        let revision = self.api.0.store.revision().await.map_err(|e| store_error(self.target, e))?;
+        let revision = self
+            .api
+            .0
+            .store
+            .revision()
+            .await
+            .map_err(|e| store_error(self.target, e))?;
         Ok(json_response(
             StatusCode::OK,
             &json!({
@@ -770,6 +911,17 @@ fn apply_defaults(kind: &str, obj: &mut Value) {
             }
         }
         "Namespace" => obj["status"] = json!({"phase": "Active"}),
+        "EndpointSlice" => {
+            for port in obj
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                default(port, "name", json!(""));
+                default(port, "protocol", json!("TCP"));
+            }
+        }
         "Service" => {
             if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
                 default(spec, "sessionAffinity", json!("None"));
@@ -792,7 +944,11 @@ fn pod_spec_defaults(spec: &mut Value) {
         return;
     }
     default(spec, "restartPolicy", json!("Always"));
-    default(spec, "terminationGracePeriodSeconds", json!(DEFAULT_GRACE_SECONDS));
+    default(
+        spec,
+        "terminationGracePeriodSeconds",
+        json!(DEFAULT_GRACE_SECONDS),
+    );
     default(spec, "dnsPolicy", json!("ClusterFirst"));
     default(spec, "schedulerName", json!("default-scheduler"));
     for list in ["initContainers", "containers"] {
@@ -801,12 +957,22 @@ fn pod_spec_defaults(spec: &mut Value) {
         };
         for c in containers {
             let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            let untagged = !image.rsplit('/').next().unwrap_or("").contains(':') && !image.contains('@');
-            let policy = if untagged || image.ends_with(":latest") { "Always" } else { "IfNotPresent" };
+            let untagged =
+                !image.rsplit('/').next().unwrap_or("").contains(':') && !image.contains('@');
+            let policy = if untagged || image.ends_with(":latest") {
+                "Always"
+            } else {
+                "IfNotPresent"
+            };
             default(c, "imagePullPolicy", json!(policy));
             default(c, "terminationMessagePath", json!("/dev/termination-log"));
             default(c, "terminationMessagePolicy", json!("File"));
-            for port in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+            for port in c
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
                 default(port, "protocol", json!("TCP"));
             }
         }
@@ -843,16 +1009,25 @@ fn scale_of(obj: &Value) -> Value {
 
 /// Creates the namespaces and the `kubernetes` Service every cluster has.
 pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
-    let namespaces = resources::find("", "v1", "namespaces").ok_or_else(|| ApiError::internal("no namespaces"))?;
+    let namespaces = resources::find("", "v1", "namespaces")
+        .ok_or_else(|| ApiError::internal("no namespaces"))?;
     for ns in SYSTEM_NAMESPACES {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         object::prepare_create(namespaces, &mut obj)?;
         apply_defaults("Namespace", &mut obj);
         create_if_missing(api, &namespaces.key(None, ns), &obj).await?;
     }
-    let services = resources::find("", "v1", "services").ok_or_else(|| ApiError::internal("no services"))?;
+    let services =
+        resources::find("", "v1", "services").ok_or_else(|| ApiError::internal("no services"))?;
     let key = services.key(Some("default"), "kubernetes");
-    if api.0.store.get(&key).await.map_err(|e| ApiError::from_store("services", "kubernetes", e))?.is_none() {
+    if api
+        .0
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store("services", "kubernetes", e))?
+        .is_none()
+    {
         let ip = api.0.alloc.ranges().api_service_ip().to_string();
         let mut svc = json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "kubernetes", "namespace": "default",
@@ -861,7 +1036,11 @@ pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
         object::prepare_create(services, &mut svc)?;
         apply_defaults("Service", &mut svc);
-        let claims = api.0.alloc.service(&mut svc, None, "services/default/kubernetes").await?;
+        let claims = api
+            .0
+            .alloc
+            .service(&mut svc, None, "services/default/kubernetes")
+            .await?;
         if let Err(e) = create_if_missing(api, &key, &svc).await {
             api.0.alloc.release(claims).await;
             return Err(e);
@@ -884,18 +1063,36 @@ mod tests {
     #[test]
     fn paths_resolve_to_targets() {
         let t = parse_target("", "v1", "namespaces/prod/pods/web/status").unwrap();
-        assert_eq!((t.resource.plural, t.namespace.as_deref(), t.name.as_deref(), t.sub.as_deref()),
-            ("pods", Some("prod"), Some("web"), Some("status")));
+        assert_eq!(
+            (
+                t.resource.plural,
+                t.namespace.as_deref(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
+            ("pods", Some("prod"), Some("web"), Some("status"))
+        );
         let t = parse_target("", "v1", "namespaces/prod").unwrap();
-        assert_eq!((t.resource.plural, t.name.as_deref()), ("namespaces", Some("prod")));
+        assert_eq!(
+            (t.resource.plural, t.name.as_deref()),
+            ("namespaces", Some("prod"))
+        );
         let t = parse_target("", "v1", "namespaces/prod/status").unwrap();
-        assert_eq!((t.resource.plural, t.sub.as_deref()), ("namespaces", Some("status")));
+        assert_eq!(
+            (t.resource.plural, t.sub.as_deref()),
+            ("namespaces", Some("status"))
+        );
         let t = parse_target("", "v1", "pods").unwrap();
         assert_eq!((t.resource.plural, t.namespace), ("pods", None));
         let t = parse_target("apps", "v1", "namespaces/d/deployments/web/scale").unwrap();
         assert_eq!(t.sub.as_deref(), Some("scale"));
         assert_eq!(parse_target("", "v1", "secrets").unwrap_err().code, 404);
-        assert_eq!(parse_target("", "v1", "namespaces/d/pods/a/exec").unwrap_err().code, 404);
+        assert_eq!(
+            parse_target("", "v1", "namespaces/d/pods/a/exec")
+                .unwrap_err()
+                .code,
+            404
+        );
     }
 
     #[test]

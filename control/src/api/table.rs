@@ -67,10 +67,26 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Endpoints", "string", 0),
             ("Age", "string", 0),
         ],
-        "Endpoints" => &[("Name", "string", 0), ("Endpoints", "string", 0), ("Age", "string", 0)],
-        "Namespace" => &[("Name", "string", 0), ("Status", "string", 0), ("Age", "string", 0)],
-        "ConfigMap" => &[("Name", "string", 0), ("Data", "integer", 0), ("Age", "string", 0)],
-        "Lease" => &[("Name", "string", 0), ("Holder", "string", 0), ("Age", "string", 0)],
+        "Endpoints" => &[
+            ("Name", "string", 0),
+            ("Endpoints", "string", 0),
+            ("Age", "string", 0),
+        ],
+        "Namespace" => &[
+            ("Name", "string", 0),
+            ("Status", "string", 0),
+            ("Age", "string", 0),
+        ],
+        "ConfigMap" => &[
+            ("Name", "string", 0),
+            ("Data", "integer", 0),
+            ("Age", "string", 0),
+        ],
+        "Lease" => &[
+            ("Name", "string", 0),
+            ("Holder", "string", 0),
+            ("Age", "string", 0),
+        ],
         "Event" => &[
             ("Last Seen", "string", 0),
             ("Type", "string", 0),
@@ -180,7 +196,11 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 reason.to_string()
             } else {
                 let phase = s(obj, "/status/phase");
-                if phase.is_empty() { "Pending".into() } else { phase.into() }
+                if phase.is_empty() {
+                    "Pending".into()
+                } else {
+                    phase.into()
+                }
             };
             vec![
                 json!(name),
@@ -268,7 +288,11 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             let (containers, images) = containers_and_images(obj, "/spec/template/spec/containers");
             vec![
                 json!(name),
-                json!(format!("{}/{}", n(obj, "/status/readyReplicas"), n(obj, "/spec/replicas"))),
+                json!(format!(
+                    "{}/{}",
+                    n(obj, "/status/readyReplicas"),
+                    n(obj, "/spec/replicas")
+                )),
                 json!(n(obj, "/status/updatedReplicas")),
                 json!(n(obj, "/status/availableReplicas")),
                 json!(age),
@@ -291,7 +315,10 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             ]
         }
         "EndpointSlice" => {
-            let ports: Vec<String> = array(obj, "/ports").iter().map(|p| n(p, "/port").to_string()).collect();
+            let ports: Vec<String> = array(obj, "/ports")
+                .iter()
+                .map(|p| n(p, "/port").to_string())
+                .collect();
             let addresses: Vec<&str> = array(obj, "/endpoints")
                 .iter()
                 .flat_map(|e| array(e, "/addresses"))
@@ -300,8 +327,16 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
             vec![
                 json!(name),
                 json!(s(obj, "/addressType")),
-                json!(if ports.is_empty() { "<unset>".to_string() } else { ports.join(",") }),
-                json!(if addresses.is_empty() { "<unset>".to_string() } else { addresses.join(",") }),
+                json!(if ports.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    ports.join(",")
+                }),
+                json!(if addresses.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    addresses.join(",")
+                }),
                 json!(age),
             ]
         }
@@ -314,23 +349,45 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                     }
                 }
             }
-            vec![json!(name), json!(or_none(&endpoints.join(","))), json!(age)]
+            vec![
+                json!(name),
+                json!(or_none(&endpoints.join(","))),
+                json!(age),
+            ]
         }
         "Namespace" => {
             let phase = s(obj, "/status/phase");
-            vec![json!(name), json!(if phase.is_empty() { "Active" } else { phase }), json!(age)]
+            vec![
+                json!(name),
+                json!(if phase.is_empty() { "Active" } else { phase }),
+                json!(age),
+            ]
         }
         "ConfigMap" => {
-            let data = obj.get("data").and_then(Value::as_object).map_or(0, |m| m.len())
-                + obj.get("binaryData").and_then(Value::as_object).map_or(0, |m| m.len());
+            let data = obj
+                .get("data")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len())
+                + obj
+                    .get("binaryData")
+                    .and_then(Value::as_object)
+                    .map_or(0, |m| m.len());
             vec![json!(name), json!(data), json!(age)]
         }
-        "Lease" => vec![json!(name), json!(or_none(s(obj, "/spec/holderIdentity"))), json!(age)],
+        "Lease" => vec![
+            json!(name),
+            json!(or_none(s(obj, "/spec/holderIdentity"))),
+            json!(age),
+        ],
         "Event" => {
-            let last = [s(obj, "/lastTimestamp"), s(obj, "/eventTime"), s(obj, "/metadata/creationTimestamp")]
-                .into_iter()
-                .find(|t| !t.is_empty())
-                .unwrap_or("");
+            let last = [
+                s(obj, "/lastTimestamp"),
+                s(obj, "/eventTime"),
+                s(obj, "/metadata/creationTimestamp"),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .unwrap_or("");
             vec![
                 json!(self::age(last)),
                 json!(s(obj, "/type")),
@@ -353,7 +410,10 @@ pub(super) fn age(timestamp: &str) -> String {
     let Ok(then) = timestamp.parse::<jiff::Timestamp>() else {
         return "<unknown>".into();
     };
-    let secs = jiff::Timestamp::now().as_second().saturating_sub(then.as_second()).max(0);
+    let secs = jiff::Timestamp::now()
+        .as_second()
+        .saturating_sub(then.as_second())
+        .max(0);
     human_duration(secs)
 }
 

@@ -115,7 +115,10 @@ pub(super) async fn serve(
         return Err(ApiError::invalid(
             "ListOptions",
             "",
-            &[("sendInitialEvents".into(), "Forbidden: sendInitialEvents requires allowWatchBookmarks=true".into())],
+            &[(
+                "sendInitialEvents".into(),
+                "Forbidden: sendInitialEvents requires allowWatchBookmarks=true".into(),
+            )],
         ));
     }
     let timeout = match query.get("timeoutSeconds") {
@@ -161,13 +164,20 @@ pub(super) async fn serve(
             let interval = api.0.config.bookmark_interval;
             tokio::spawn(async move {
                 let _guard = guard;
-                run(filter, initial, events, tx, start, timeout, bookmarks.then_some(interval)).await;
+                run(
+                    filter,
+                    initial,
+                    events,
+                    tx,
+                    start,
+                    timeout,
+                    bookmarks.then_some(interval),
+                )
+                .await;
             });
         }
         Err(StoreError::Compacted { requested, oldest }) => {
-            let message = format!(
-                "too old resource version: {requested} ({oldest})"
-            );
+            let message = format!("too old resource version: {requested} ({oldest})");
             // The line fits the fresh channel's buffer.
             let _ = tx.try_send(expired_line(&message));
         }
