@@ -245,7 +245,7 @@ fn merge_list(
 }
 
 /// Puts the elements named in `order` first, in that order.
-fn reorder(field: &str, list: &mut Vec<Value>, order: &[Value]) {
+fn reorder(field: &str, list: &mut [Value], order: &[Value]) {
     let elements: Vec<&Value> = list.iter().collect();
     let key = match list_strategy(field, &elements) {
         ListStrategy::MergeByKey(k) => Some(k),
