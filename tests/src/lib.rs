@@ -16,6 +16,7 @@
 
 mod cgroup;
 mod cmd;
+pub mod control;
 mod error;
 mod exec_hooks;
 mod netns;

@@ -1,10 +1,12 @@
 //! `berth-testbed`: brings the local cluster up on simulated nodes and
 //! takes it down again. `cargo xtask up` and `cargo xtask down` call it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use berth_ebpf::{MapSizes, SockLb, SockLbConfig};
+use berth_tests::control::{self, ControlPlane};
 use berth_tests::{leftovers, sweep, RunPrefix, Testbed, TestbedConfig};
 use clap::{Parser, Subcommand};
 
@@ -28,6 +30,12 @@ enum Cmd {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: usize,
+        /// The berth-control binary to run as the control plane.
+        #[arg(long)]
+        control_bin: PathBuf,
+        /// Address the control plane serves on.
+        #[arg(long, default_value = "127.0.0.1:6443")]
+        listen: SocketAddr,
     },
     /// Remove everything the cluster made.
     Down {
@@ -50,7 +58,12 @@ fn main() -> anyhow::Result<()> {
         bail!("berth-testbed creates namespaces, cgroups and BPF objects: run it as root");
     }
     match cli.command {
-        Cmd::Up { name, nodes } => up(&prefix(&name)?, nodes),
+        Cmd::Up {
+            name,
+            nodes,
+            control_bin,
+            listen,
+        } => up(&prefix(&name)?, nodes, &control_bin, listen),
         Cmd::Down { name } => down(&prefix(&name)?),
     }
 }
@@ -61,7 +74,22 @@ fn prefix(name: &str) -> anyhow::Result<RunPrefix> {
     })
 }
 
-fn up(prefix: &RunPrefix, nodes: usize) -> anyhow::Result<()> {
+/// Where the local cluster keeps its control plane's data.
+fn data_dir(prefix: &RunPrefix) -> PathBuf {
+    Path::new("/var/lib/berth").join(prefix.as_str())
+}
+
+/// Where the local cluster keeps pid files.
+fn run_dir(prefix: &RunPrefix) -> PathBuf {
+    Path::new("/run/berth").join(prefix.as_str())
+}
+
+fn up(
+    prefix: &RunPrefix,
+    nodes: usize,
+    control_bin: &Path,
+    listen: SocketAddr,
+) -> anyhow::Result<()> {
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -73,6 +101,15 @@ fn up(prefix: &RunPrefix, nodes: usize) -> anyhow::Result<()> {
             existing[0]
         );
     }
+    if run_dir(prefix).join("control.pid").exists() {
+        bail!("cluster {prefix} already runs a control plane; remove it with `cargo xtask down --name {prefix}`");
+    }
+    // A fresh cluster: no state from an earlier one.
+    remove_dir(&data_dir(prefix))?;
+    std::fs::create_dir_all(run_dir(prefix))?;
+    let control = ControlPlane::start(control_bin, &data_dir(prefix).join("control"), listen)
+        .context("starting berth-control")?;
+    tracing::info!(url = %control.url(), "control plane ready");
     let testbed = Testbed::new(&TestbedConfig {
         prefix: prefix.clone(),
         nodes,
@@ -88,7 +125,18 @@ fn up(prefix: &RunPrefix, nodes: usize) -> anyhow::Result<()> {
         tracing::info!(node = node.name(), "node ready");
     }
 
-    println!("Berth local cluster \"{prefix}\" is up with {nodes} nodes:\n");
+    println!("Berth local cluster \"{prefix}\" is up.\n");
+    println!(
+        "Control plane: berth-control at {} (embedded store)",
+        control.url()
+    );
+    println!("  kubeconfig:  {}", control.kubeconfig().display());
+    println!("  log:         {}", control.log().display());
+    println!(
+        "  try:         KUBECONFIG={} kubectl get nodes,namespaces,services\n",
+        control.kubeconfig().display()
+    );
+    println!("{nodes} nodes:\n");
     println!(
         "  {:<5} {:<20} {:<12} {:<44} pins",
         "node", "netns", "underlay", "cgroup2"
@@ -112,11 +160,28 @@ fn up(prefix: &RunPrefix, nodes: usize) -> anyhow::Result<()> {
         first.pin_dir().display()
     );
     println!("Remove it all: cargo xtask down --name {prefix}");
+    control.persist(&run_dir(prefix).join("control.pid"))?;
     testbed.persist();
     Ok(())
 }
 
+fn remove_dir(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn down(prefix: &RunPrefix) -> anyhow::Result<()> {
+    let had_control = run_dir(prefix).join("control.pid").exists();
+    control::stop(&run_dir(prefix).join("control.pid")).context("stopping berth-control")?;
+    remove_dir(&run_dir(prefix))?;
+    remove_dir(&data_dir(prefix))?;
+    if had_control {
+        println!("control plane of \"{prefix}\" stopped and its data removed");
+    }
     let existing = leftovers(prefix)?;
     if existing.is_empty() {
         println!("cluster \"{prefix}\" is not up; nothing to remove");

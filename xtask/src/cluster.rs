@@ -6,7 +6,10 @@
 
 use clap::Args;
 
-use crate::shell::{cargo, run};
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::shell::{cargo, run, workspace_root};
 
 /// Options of `cargo xtask up`.
 #[derive(Debug, Args)]
@@ -30,26 +33,47 @@ pub(crate) struct DownArgs {
 /// Installs dependencies, builds, and brings the cluster up.
 pub(crate) fn up(args: &UpArgs) -> anyhow::Result<()> {
     crate::deps::install()?;
+    build()?;
     let nodes = args.nodes.to_string();
-    testbed(&["up", "--name", &args.name, "--nodes", &nodes])
+    let control = bin("berth-control");
+    testbed(&[
+        "up",
+        "--name",
+        &args.name,
+        "--nodes",
+        &nodes,
+        "--control-bin",
+        &control.to_string_lossy(),
+    ])
 }
 
 /// Removes the cluster.
 pub(crate) fn down(args: &DownArgs) -> anyhow::Result<()> {
+    build()?;
     testbed(&["down", "--name", &args.name])
 }
 
-/// Builds and runs `berth-testbed ARGS...`.
-fn testbed(args: &[&str]) -> anyhow::Result<()> {
-    let mut cmd = cargo();
-    cmd.args([
-        "run",
+/// Builds the binaries the local cluster runs.
+fn build() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
         "--quiet",
         "-p",
+        "berth-control",
+        "-p",
         "berth-tests",
-        "--bin",
-        "berth-testbed",
-        "--",
-    ]);
-    run(cmd.args(args))
+        "--bins",
+    ]))
+}
+
+/// A binary of the workspace's debug build.
+fn bin(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
+    target.join("debug").join(name)
+}
+
+/// Runs `berth-testbed ARGS...`.
+fn testbed(args: &[&str]) -> anyhow::Result<()> {
+    run(Command::new(bin("berth-testbed")).args(args))
 }
