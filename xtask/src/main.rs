@@ -1,5 +1,6 @@
 //! `cargo xtask …`: Berth's developer tasks, one module each.
 
+mod bench;
 mod cluster;
 mod deps;
 mod shell;
@@ -24,6 +25,11 @@ enum Task {
     Up(cluster::UpArgs),
     /// Remove the local cluster and everything it made.
     Down(cluster::DownArgs),
+    /// Run a benchmark (release build) and print its numbers.
+    Bench {
+        /// What to measure.
+        target: bench::Target,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +38,6 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::all(),
         Task::Up(args) => cluster::up(&args),
         Task::Down(args) => cluster::down(&args),
+        Task::Bench { target } => bench::run_bench(target),
     }
 }
