@@ -208,3 +208,24 @@ async fn a_watch_from_a_forgotten_revision_gets_410_expired() {
         other => panic!("expected a 410 ERROR event, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn streaming_lists_end_their_initial_events_with_a_bookmark() {
+    let server = Server::start(&[]);
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+    api.create(&PostParams::default(), &config_map("listed", "1"))
+        .await
+        .expect("create");
+    // sendInitialEvents=true: ADDED events, then the initial-events-end
+    // bookmark, which kube-rs turns into InitDone.
+    let mut events = watcher(api.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut seen = Vec::new();
+    while seen.last().map(String::as_str) != Some("init-done") {
+        seen.push(describe(&next(&mut events).await));
+    }
+    assert_eq!(seen, ["init", "init-apply listed=1", "init-done"]);
+    api.create(&PostParams::default(), &config_map("live", "1"))
+        .await
+        .expect("create");
+    assert_eq!(describe(&next(&mut events).await), "apply live=1");
+}

@@ -230,6 +230,20 @@ fn create_apply_get_describe_scale_delete() {
     ]);
     assert_eq!(replicas, "7");
 
+    // Health and metrics where an operator looks for them.
+    assert_eq!(server.kubectl_ok(&["get", "--raw", "/readyz"]), "ok");
+    let metrics = server.kubectl_ok(&["get", "--raw", "/metrics"]);
+    assert!(
+        metrics.contains(
+            "apiserver_request_total{verb=\"patch\",resource=\"deployments/scale\",code=\"200\"}"
+        ),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("apiserver_storage_size_bytes"),
+        "{metrics}"
+    );
+
     // delete waits until the objects are gone.
     let deleted = server.kubectl_ok(&["delete", "-f", &manifest]);
     assert!(
