@@ -104,7 +104,11 @@ impl ApiError {
         Self::new(
             415,
             "UnsupportedMediaType",
-            format!("the body of the request was in an unknown format ({content_type})"),
+            format!(
+                "the body of the request was in an unknown format ({content_type}): berth-control reads \
+                 JSON; with kubectl, write the object with `--dry-run=client -o json` and pipe it to \
+                 `kubectl create -f -`"
+            ),
         )
     }
 

@@ -13,7 +13,7 @@ use berth_control::alloc::{Allocator, Ranges};
 use berth_control::api::{self, Api, ApiConfig};
 use berth_control::auth::{self, Authenticator};
 use berth_control::pki::{self, Pki};
-use berth_control::store::{EmbeddedStore, Store};
+use berth_control::store::{EmbeddedStore, EtcdConfig, EtcdStore, EtcdTls, Store};
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 
@@ -73,9 +73,94 @@ struct ServeArgs {
     /// NodePorts come from this range.
     #[arg(long, default_value = "30000-32767")]
     service_node_port_range: String,
-    /// Events kept for watches that resume from an older resourceVersion.
+    /// Events kept for watches that resume from an older resourceVersion (embedded store).
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
+    /// Where objects are stored: the embedded database, or etcd.
+    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
+    store: StoreKind,
+    /// etcd client URLs, comma-separated (with --store etcd).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    etcd_endpoints: Vec<String>,
+    /// Key prefix in etcd.
+    #[arg(long, default_value = "/registry")]
+    etcd_prefix: String,
+    /// CA certificate (PEM) that signs etcd's serving certificate; enables TLS.
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// Client certificate (PEM) for etcd.
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Client key (PEM) for etcd.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// How often etcd history is compacted, e.g. 5m, 30s; 0 disables.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    etcd_compaction_interval: Duration,
+}
+
+/// Store backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum StoreKind {
+    /// A redb database in --data-dir (no other process needed).
+    Embedded,
+    /// etcd (v3 API), shared by any number of berth-control instances.
+    Etcd,
+}
+
+/// Parses `90s`, `5m`, `1h` or a number of seconds.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match args.store {
+        StoreKind::Embedded => Arc::new(
+            EmbeddedStore::open(&args.data_dir.join("store"), args.watch_history)
+                .context("opening the embedded store")?,
+        ),
+        StoreKind::Etcd => {
+            let read =
+                |p: &PathBuf| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            let tls = match &args.etcd_cafile {
+                Some(ca) => Some(EtcdTls {
+                    ca: read(ca)?,
+                    identity: match (&args.etcd_certfile, &args.etcd_keyfile) {
+                        (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                        _ => None,
+                    },
+                }),
+                None => None,
+            };
+            let config = EtcdConfig {
+                endpoints: args.etcd_endpoints.clone(),
+                prefix: args.etcd_prefix.clone(),
+                tls,
+                request_timeout: Duration::from_secs(5),
+                compaction_interval: (!args.etcd_compaction_interval.is_zero())
+                    .then_some(args.etcd_compaction_interval),
+            };
+            Arc::new(
+                EtcdStore::connect(&config)
+                    .await
+                    .context("setting up the etcd client")?,
+            )
+        }
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -159,10 +244,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let store: Arc<dyn Store> = Arc::new(
-        EmbeddedStore::open(&args.data_dir.join("store"), args.watch_history)
-            .context("opening the embedded store")?,
-    );
+    let store = open_store(&args).await?;
     let mut names = vec![
         advertise.clone(),
         "localhost".to_string(),
@@ -193,9 +275,16 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bookmark_interval: Duration::from_secs(60),
         },
     );
-    api.bootstrap()
-        .await
-        .context("creating the default namespaces and Services")?;
+    // With the store down at start (etcd unreachable), keep trying: the
+    // server comes up not ready and bootstraps once the store answers.
+    match api.bootstrap().await {
+        Ok(()) => {}
+        Err(e) if e.code == 503 => {
+            tracing::warn!(error = %e, "store unavailable; serving (not ready) until it answers");
+            bootstrap_until_done(api.clone());
+        }
+        Err(e) => return Err(e).context("creating the default namespaces and Services"),
+    }
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -215,6 +304,24 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     .await?;
     tracing::info!("berth-control stopped");
     Ok(())
+}
+
+/// Creates the default namespaces and Services, retrying while the store
+/// is unavailable.
+fn bootstrap_until_done(api: Api) {
+    tokio::spawn(async move {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            tokio::time::sleep(delay).await;
+            match api.bootstrap().await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "bootstrap failed; retrying");
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

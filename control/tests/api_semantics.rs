@@ -2,11 +2,12 @@
 //! optimistic concurrency, generateName, graceful pod deletion, finalizers,
 //! selectors on watches, deletecollection, allocation and node rights.
 
+#[macro_use]
 mod common;
 
 use std::time::Duration;
 
-use common::{client_from, Server};
+use common::{client_from, Backend, Server};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod, Service};
 use kube::api::{
@@ -15,13 +16,21 @@ use kube::api::{
 use kube::Api;
 use serde_json::json;
 
+on_both_stores!(
+    stale_updates_conflict_and_generate_name_makes_names,
+    bound_pods_are_deleted_gracefully_unbound_ones_at_once,
+    node_credentials_write_only_their_own_objects,
+    finalizers_hold_deletion_until_removed,
+    watches_with_selectors_see_objects_leave_and_collections_delete,
+    services_get_unique_cluster_ips_and_requested_ones_are_checked,
+);
+
 fn from_json<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).expect("valid object")
 }
 
-#[tokio::test]
-async fn stale_updates_conflict_and_generate_name_makes_names() {
-    let server = Server::start(&[]);
+async fn stale_updates_conflict_and_generate_name_makes_names(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     let created = api
         .create(
@@ -54,9 +63,8 @@ async fn stale_updates_conflict_and_generate_name_makes_names() {
     assert!(matches!(err, kube::Error::Api(s) if s.code == 404));
 }
 
-#[tokio::test]
-async fn bound_pods_are_deleted_gracefully_unbound_ones_at_once() {
-    let server = Server::start(&[]);
+async fn bound_pods_are_deleted_gracefully_unbound_ones_at_once(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let api: Api<Pod> = Api::namespaced(server.client().await, "default");
     let pod = |name: &str, node: Option<&str>| -> Pod {
         let mut spec = json!({"containers": [{"name": "c", "image": "busybox"}]});
@@ -116,9 +124,8 @@ fn kubeconfig_server(server: &Server) -> String {
         .to_string()
 }
 
-#[tokio::test]
-async fn node_credentials_write_only_their_own_objects() {
-    let server = Server::start(&[]);
+async fn node_credentials_write_only_their_own_objects(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let admin = server.client().await;
     let path = server.data_dir().join("n1.kubeconfig");
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-control"))
@@ -194,9 +201,8 @@ async fn node_credentials_write_only_their_own_objects() {
     );
 }
 
-#[tokio::test]
-async fn finalizers_hold_deletion_until_removed() {
-    let server = Server::start(&[]);
+async fn finalizers_hold_deletion_until_removed(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     api.create(
         &PostParams::default(),
@@ -216,9 +222,8 @@ async fn finalizers_hold_deletion_until_removed() {
     assert!(api.get_opt("held").await.expect("get").is_none());
 }
 
-#[tokio::test]
-async fn watches_with_selectors_see_objects_leave_and_collections_delete() {
-    let server = Server::start(&[]);
+async fn watches_with_selectors_see_objects_leave_and_collections_delete(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     for (name, tier) in [("a", "web"), ("b", "web"), ("c", "db")] {
         api.create(
@@ -295,9 +300,8 @@ async fn watches_with_selectors_see_objects_leave_and_collections_delete() {
     assert_eq!(left, ["a"]);
 }
 
-#[tokio::test]
-async fn services_get_unique_cluster_ips_and_requested_ones_are_checked() {
-    let server = Server::start(&[]);
+async fn services_get_unique_cluster_ips_and_requested_ones_are_checked(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let api: Api<Service> = Api::namespaced(server.client().await, "default");
     let svc = |name: &str, ip: Option<&str>| -> Service {
         let mut spec = json!({"ports": [{"port": 80}]});

@@ -1,17 +1,23 @@
 //! The `kube` crate's watcher and reflector against berth-control: events
 //! in order, a server restart survived, a 410 answered by a relist.
 
+#[macro_use]
 mod common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::Server;
+use common::{Backend, Server};
 use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
+
+on_both_stores!(
+    the_watcher_sees_adds_updates_and_deletes_in_order,
+    streaming_lists_end_their_initial_events_with_a_bookmark,
+);
 
 fn config_map(name: &str, value: &str) -> ConfigMap {
     ConfigMap {
@@ -56,9 +62,8 @@ fn describe(event: &watcher::Event<ConfigMap>) -> String {
     }
 }
 
-#[tokio::test]
-async fn the_watcher_sees_adds_updates_and_deletes_in_order() {
-    let server = Server::start(&[]);
+async fn the_watcher_sees_adds_updates_and_deletes_in_order(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let client = server.client().await;
     let api: Api<ConfigMap> = Api::namespaced(client, "default");
     api.create(&PostParams::default(), &config_map("before", "0"))
@@ -209,9 +214,8 @@ async fn a_watch_from_a_forgotten_revision_gets_410_expired() {
     }
 }
 
-#[tokio::test]
-async fn streaming_lists_end_their_initial_events_with_a_bookmark() {
-    let server = Server::start(&[]);
+async fn streaming_lists_end_their_initial_events_with_a_bookmark(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
     api.create(&PostParams::default(), &config_map("listed", "1"))
         .await

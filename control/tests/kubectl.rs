@@ -1,12 +1,19 @@
 //! The real kubectl against a real berth-control: what an operator types.
 
+#[macro_use]
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{Backend, Server};
+
+on_both_stores_blocking!(
+    create_apply_get_describe_scale_delete,
+    get_watch_receives_a_change_made_by_another_command,
+    bad_manifests_are_refused_with_readable_errors,
+);
 
 const APP: &str = "\
 apiVersion: apps/v1
@@ -58,9 +65,8 @@ fn header(table: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn create_apply_get_describe_scale_delete() {
-    let server = Server::start(&[]);
+fn create_apply_get_describe_scale_delete(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let manifest = write_manifest(&server, "app.yaml", APP);
 
     let created = server.kubectl_ok(&["create", "-f", &manifest]);
@@ -254,9 +260,8 @@ fn create_apply_get_describe_scale_delete() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("NotFound"));
 }
 
-#[test]
-fn get_watch_receives_a_change_made_by_another_command() {
-    let server = Server::start(&[]);
+fn get_watch_receives_a_change_made_by_another_command(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let manifest = write_manifest(&server, "app.yaml", APP);
     server.kubectl_ok(&["create", "-f", &manifest]);
 
@@ -302,9 +307,8 @@ fn get_watch_receives_a_change_made_by_another_command() {
     );
 }
 
-#[test]
-fn bad_manifests_are_refused_with_readable_errors() {
-    let server = Server::start(&[]);
+fn bad_manifests_are_refused_with_readable_errors(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
     let unknown = write_manifest(
         &server,
         "unknown.yaml",

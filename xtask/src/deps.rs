@@ -19,6 +19,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("iptables", "kube-proxy-style yardstick rules in benchmarks"),
     ("nftables", "masquerading pod traffic"),
     ("etcd-server", "the distributed store's tests"),
+    ("protobuf-compiler", "etcd's API, compiled by etcd-client"),
     ("iperf3", "overlay throughput benchmarks"),
 ];
 

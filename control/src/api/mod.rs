@@ -43,6 +43,8 @@ pub struct ApiConfig {
 pub struct Api(Arc<Inner>);
 
 struct Inner {
+    /// Whether the default namespaces and Services exist (readiness).
+    bootstrapped: std::sync::atomic::AtomicBool,
     store: Arc<dyn Store>,
     alloc: Allocator,
     auth: Authenticator,
@@ -67,6 +69,7 @@ impl Api {
         config: ApiConfig,
     ) -> Self {
         Api(Arc::new(Inner {
+            bootstrapped: std::sync::atomic::AtomicBool::new(false),
             store,
             alloc,
             auth,
@@ -79,7 +82,11 @@ impl Api {
     /// `kube-system`, `kube-public` and `kube-node-lease` namespaces and the
     /// `kubernetes` Service.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
-        rest::bootstrap(self).await
+        rest::bootstrap(self).await?;
+        self.0
+            .bootstrapped
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
     }
 
     /// The routes.

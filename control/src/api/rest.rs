@@ -171,6 +171,9 @@ async fn handle_inner(
     let headers = req.headers().clone();
     authorize(api, &user, verb, &target).await?;
 
+    if matches!(verb, "create" | "update") {
+        check_json_body(&headers)?;
+    }
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
@@ -238,6 +241,20 @@ pub(super) fn wants_table(headers: &HeaderMap) -> bool {
                 .next()
                 .is_some_and(|first| first.contains("as=Table"))
         })
+}
+
+/// Objects are read as JSON only: another encoding (kubectl's typed
+/// commands send protobuf first) gets 415, on which clients fall back to JSON.
+fn check_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    match media {
+        "" | "application/json" | "*/*" => Ok(()),
+        other => Err(ApiError::unsupported_media_type(other)),
+    }
 }
 
 fn store_error(target: &Target, e: StoreError) -> ApiError {

@@ -225,8 +225,15 @@ async fn run(
                     last = event.revision();
                     translate(&filter, &event)
                 }
-                Some(Err(e)) => {
+                // History is gone: the client must relist.
+                Some(Err(e @ (StoreError::Compacted { .. } | StoreError::WatchLagged { .. }))) => {
                     let _ = tx.send(expired_line(&e.to_string())).await;
+                    return;
+                }
+                // The store went away: end the stream; the client
+                // re-watches from its last resourceVersion.
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch ended by the store");
                     return;
                 }
                 None => return,

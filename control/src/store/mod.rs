@@ -6,6 +6,7 @@
 //! other process needed) and etcd.
 
 mod embedded;
+mod etcd;
 mod history;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 pub use embedded::EmbeddedStore;
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 
 /// A position in the store's history; every write takes the next one.
 pub type Revision = u64;

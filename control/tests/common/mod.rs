@@ -1,7 +1,54 @@
 //! A real `berth-control` process for tests: its own data directory and
 //! loopback port, stopped (and its directory removed) when dropped.
 
-#![allow(dead_code)] // Each test binary uses a different part of this module.
+#![allow(dead_code, unused_macros)] // Each test binary uses a different part of this module.
+
+pub(crate) mod etcd;
+
+/// Runs each named async test function (taking a [`Backend`]) once on the
+/// embedded store and once on a real etcd.
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::common::Backend::Embedded).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    super::$name(super::common::Backend::Etcd).await;
+                }
+            )*
+        }
+    };
+}
+
+/// The same for blocking test functions.
+macro_rules! on_both_stores_blocking {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::common::Backend::Embedded);
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name(super::common::Backend::Etcd);
+                }
+            )*
+        }
+    };
+}
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,18 +61,58 @@ pub(crate) struct Server {
     addr: SocketAddr,
     extra: Vec<String>,
     child: Option<Child>,
+    /// The etcd it stores into, if any (dropped after the server stops).
+    etcd: Option<std::sync::Arc<etcd::EtcdCluster>>,
+}
+
+/// Which store a test server uses.
+pub(crate) enum Backend {
+    /// The embedded database.
+    Embedded,
+    /// A fresh single-member etcd of its own.
+    Etcd,
 }
 
 impl Server {
-    /// Starts a server on a free loopback port.
+    /// Starts a server on a free loopback port with the embedded store.
     pub(crate) fn start(extra: &[&str]) -> Server {
+        Server::start_on(Backend::Embedded, extra)
+    }
+
+    /// Starts a server on `backend`.
+    pub(crate) fn start_on(backend: Backend, extra: &[&str]) -> Server {
+        match backend {
+            Backend::Embedded => Server::launch(None, extra),
+            Backend::Etcd => {
+                Server::with_etcd(std::sync::Arc::new(etcd::EtcdCluster::start(1)), extra)
+            }
+        }
+    }
+
+    /// Starts a server storing into `etcd` (which may be shared with other
+    /// servers).
+    pub(crate) fn with_etcd(etcd: std::sync::Arc<etcd::EtcdCluster>, extra: &[&str]) -> Server {
+        Server::launch(Some(etcd), extra)
+    }
+
+    fn launch(etcd: Option<std::sync::Arc<etcd::EtcdCluster>>, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = free_port();
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        if let Some(etcd) = &etcd {
+            args.extend([
+                "--store".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                etcd.endpoints(),
+            ]);
+        }
         let mut server = Server {
             dir,
             addr,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: args,
             child: None,
+            etcd,
         };
         server.spawn();
         server
@@ -140,7 +227,19 @@ pub(crate) async fn client_from(path: &Path) -> kube::Client {
     kube::Client::try_from(config).expect("kube client")
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address")
+/// A loopback address with a port free now and never handed out before by
+/// this process: a port released by a killed etcd must not go to the next
+/// server of the same test.
+pub(crate) fn free_port() -> SocketAddr {
+    static HANDED_OUT: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("bind a free port");
+        if !handed_out.contains(&addr.port()) {
+            handed_out.push(addr.port());
+            return addr;
+        }
+    }
 }

@@ -1,0 +1,172 @@
+//! Real etcd processes for tests (Debian's etcd-server): one member or a
+//! cluster of several, on loopback ports, data in a temp dir, killed when
+//! dropped.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// One etcd member.
+struct Member {
+    name: String,
+    client: SocketAddr,
+    peer: SocketAddr,
+    child: Mutex<Option<Child>>,
+}
+
+/// An etcd cluster of one or more members.
+pub(crate) struct EtcdCluster {
+    dir: tempfile::TempDir,
+    members: Vec<Member>,
+}
+
+impl EtcdCluster {
+    /// Starts `size` members and waits until each accepts clients.
+    pub(crate) fn start(size: usize) -> EtcdCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members: Vec<Member> = (0..size)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: super::free_port(),
+                peer: super::free_port(),
+                child: Mutex::new(None),
+            })
+            .collect();
+        let cluster = EtcdCluster { dir, members };
+        for i in 0..size {
+            cluster.spawn(i);
+        }
+        for i in 0..size {
+            cluster.wait(i);
+        }
+        cluster
+    }
+
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://{}", m.name, m.peer))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&self, i: usize) {
+        let initial = self.initial_cluster();
+        let member = &self.members[i];
+        let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))
+            .expect("log");
+        let child = Command::new("etcd")
+            .args(["--name", &member.name])
+            .arg("--data-dir")
+            .arg(self.dir.path().join(&member.name))
+            .args(["--listen-client-urls", &format!("http://{}", member.client)])
+            .args([
+                "--advertise-client-urls",
+                &format!("http://{}", member.client),
+            ])
+            .args(["--listen-peer-urls", &format!("http://{}", member.peer)])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://{}", member.peer),
+            ])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", "new"])
+            .args([
+                "--initial-cluster-token",
+                &format!("berth-test-{}", std::process::id()),
+            ])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn etcd (install etcd-server: cargo xtask deps)");
+        *lock(&self.members[i].child) = Some(child);
+    }
+
+    /// Waits until member `i` reports itself healthy (it has a leader and
+    /// serves), so a test never kills a member that is still initialising.
+    fn wait(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let addr = self.members[i].client;
+        while !healthy(addr) {
+            let exited = lock(&self.members[i].child).as_mut().map(Child::try_wait);
+            if let Some(Ok(Some(status))) = exited {
+                panic!(
+                    "etcd {} exited: {status}\n{}",
+                    self.members[i].name,
+                    self.log(i)
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "etcd {} did not start:\n{}",
+                self.members[i].name,
+                self.log(i)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(
+            self.dir
+                .path()
+                .join(format!("{}.log", self.members[i].name)),
+        )
+        .unwrap_or_default()
+    }
+
+    /// Client URLs of every member, comma-separated.
+    pub(crate) fn endpoints(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("http://{}", m.client))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Kills member `i` (SIGKILL).
+    pub(crate) fn kill(&self, i: usize) {
+        if let Some(mut child) = lock(&self.members[i].child).take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts member `i` again with its data.
+    pub(crate) fn restart(&self, i: usize) {
+        self.kill(i);
+        // An existing data dir makes etcd rejoin; the flags stay the same.
+        self.spawn(i);
+        self.wait(i);
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+/// `GET /health` answers `{"health":"true"}`.
+fn healthy(addr: SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut conn) = TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    if conn.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut response = String::new();
+    let _ = conn.read_to_string(&mut response);
+    response.contains("\"health\":\"true\"")
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

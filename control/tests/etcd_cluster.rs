@@ -1,0 +1,288 @@
+//! berth-control on etcd: several API servers on one etcd, an etcd member
+//! lost, etcd unreachable, and history compacted under a watcher.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::etcd::EtcdCluster;
+use common::Server;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Api;
+use serde_json::json;
+
+fn config_map(name: &str) -> ConfigMap {
+    ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("k".to_string(), "v".to_string())])),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn two_api_servers_share_one_etcd() {
+    let etcd = Arc::new(EtcdCluster::start(1));
+    let a = Server::with_etcd(Arc::clone(&etcd), &[]);
+    let b = Server::with_etcd(Arc::clone(&etcd), &[]);
+    let api_a: Api<ConfigMap> = Api::namespaced(a.client().await, "default");
+    let api_b: Api<ConfigMap> = Api::namespaced(b.client().await, "default");
+
+    // A watch through B sees a kubectl write through A.
+    let rv = api_b
+        .list(&ListParams::default())
+        .await
+        .expect("list through b")
+        .metadata
+        .resource_version
+        .expect("resourceVersion");
+    let mut watch = api_b
+        .watch(&WatchParams::default(), &rv)
+        .await
+        .expect("watch b")
+        .boxed();
+    let manifest = a.data_dir().join("cm.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: via-a}\ndata: {k: v}\n",
+    )
+    .expect("write");
+    a.kubectl_ok(&["create", "-f", &manifest.display().to_string()]);
+    let event = tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("an event through b")
+        .expect("open")
+        .expect("event");
+    match event {
+        WatchEvent::Added(cm) => assert_eq!(cm.metadata.name.as_deref(), Some("via-a")),
+        other => panic!("expected ADDED via-a, got {other:?}"),
+    }
+    assert!(api_b.get("via-a").await.is_ok());
+    let _ = api_a;
+
+    // Concurrent Service creates through both servers get distinct ClusterIPs.
+    let svcs_a: Api<Service> = Api::namespaced(a.client().await, "default");
+    let svcs_b: Api<Service> = Api::namespaced(b.client().await, "default");
+    let create = |api: Api<Service>, prefix: &'static str| {
+        tokio::spawn(async move {
+            let mut ips = Vec::new();
+            for i in 0..25 {
+                let svc: Service = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{prefix}-{i}")},
+                    "spec": {"ports": [{"port": 80}]}
+                }))
+                .expect("service");
+                let created = api
+                    .create(&PostParams::default(), &svc)
+                    .await
+                    .expect("create service");
+                ips.push(created.spec.and_then(|s| s.cluster_ip).expect("clusterIP"));
+            }
+            ips
+        })
+    };
+    let (ips_a, ips_b) = tokio::join!(create(svcs_a, "a"), create(svcs_b, "b"));
+    let all: Vec<String> = ips_a
+        .expect("a")
+        .into_iter()
+        .chain(ips_b.expect("b"))
+        .collect();
+    let unique: HashSet<&String> = all.iter().collect();
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "ClusterIPs are unique across API servers: {all:?}"
+    );
+}
+
+#[tokio::test]
+async fn losing_one_of_three_etcd_members_loses_nothing() {
+    let etcd = Arc::new(EtcdCluster::start(3));
+    let server = Server::with_etcd(Arc::clone(&etcd), &[]);
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+    let mut acknowledged = BTreeSet::new();
+    for i in 0..20 {
+        let name = format!("before-{i}");
+        api.create(&PostParams::default(), &config_map(&name))
+            .await
+            .expect("create");
+        acknowledged.insert(name);
+    }
+    etcd.kill(1);
+    // Writes and reads go on with two of three members.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut i = 0;
+    while i < 20 {
+        let name = format!("after-{i}");
+        match api.create(&PostParams::default(), &config_map(&name)).await {
+            Ok(_) => {
+                acknowledged.insert(name);
+                i += 1;
+            }
+            // A leader election may be under way: retry briefly.
+            Err(e) => {
+                assert!(Instant::now() < deadline, "writes never resumed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let stored: BTreeSet<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .collect();
+    let lost: Vec<&String> = acknowledged.difference(&stored).collect();
+    assert!(lost.is_empty(), "acknowledged writes lost: {lost:?}");
+}
+
+/// `/readyz` as kubectl reads it: (ready, body).
+fn readyz(server: &Server) -> (bool, String) {
+    let out = server.kubectl(&["get", "--raw", "/readyz", "--request-timeout=10s"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test]
+async fn unreachable_etcd_means_not_ready_and_503_then_recovery() {
+    let etcd = Arc::new(EtcdCluster::start(1));
+    // Down before berth-control starts.
+    etcd.kill(0);
+    let server = Server::with_etcd(Arc::clone(&etcd), &[]);
+    let (ready, text) = readyz(&server);
+    assert!(!ready, "not ready without etcd: {text}");
+    let started = Instant::now();
+    let out = server.kubectl(&["get", "configmaps", "--request-timeout=30s"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage is unavailable"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered instead of hanging"
+    );
+
+    // etcd comes back: ready again, bootstrap done, writes work.
+    etcd.restart(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !readyz(&server).0 {
+        assert!(
+            Instant::now() < deadline,
+            "never became ready:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api
+        .create(&PostParams::default(), &config_map("after"))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the default namespace never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Down mid-run: 503 at once again (kubectl does not retry it; kube-rs
+    // clients would, by their own policy), then recovery by itself.
+    etcd.kill(0);
+    let started = Instant::now();
+    let out = server.kubectl(&["get", "configmap", "after", "--request-timeout=30s"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("storage is unavailable"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "answered instead of hanging"
+    );
+    assert!(!readyz(&server).0);
+    etcd.restart(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !server
+        .kubectl(&["get", "configmap", "after"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "never recovered:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test]
+async fn compaction_under_a_resting_watcher_makes_it_relist() {
+    let etcd = Arc::new(EtcdCluster::start(1));
+    let mut server = Server::with_etcd(Arc::clone(&etcd), &["--etcd-compaction-interval", "1s"]);
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+    api.create(&PostParams::default(), &config_map("one"))
+        .await
+        .expect("create");
+    let (reader, writer) = reflector::store();
+    let mut stream = reflector(writer, watcher(api.clone(), watcher::Config::default()))
+        .applied_objects()
+        .boxed();
+    let ready = reader.clone();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        tokio::select! {
+            _ = ready.wait_until_ready() => {},
+            _ = async { while stream.next().await.is_some() {} } => {},
+        }
+    })
+    .await
+    .expect("reflector ready");
+
+    // While the reflector rests: restart the API server, change things, and
+    // let two compactions pass the watcher's revision.
+    server.restart();
+    let api: Api<ConfigMap> = Api::namespaced(server.client().await, "default");
+    api.delete("one", &Default::default())
+        .await
+        .expect("delete");
+    api.create(&PostParams::default(), &config_map("two"))
+        .await
+        .expect("create");
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+
+    let names = |r: &reflector::Store<ConfigMap>| {
+        let mut n: Vec<String> = r
+            .state()
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        n.sort();
+        n
+    };
+    let caught_up = tokio::time::timeout(Duration::from_secs(30), async {
+        while names(&reader) != ["two"] {
+            tokio::select! {
+                _ = stream.next() => {},
+                () = tokio::time::sleep(Duration::from_millis(50)) => {},
+            }
+        }
+    })
+    .await;
+    assert!(
+        caught_up.is_ok(),
+        "reflector holds {:?}\n{}",
+        names(&reader),
+        server.log()
+    );
+}
