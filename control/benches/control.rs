@@ -1,7 +1,12 @@
-//! `cargo xtask bench control`: write throughput and watch event latency
-//! of berth-control on its embedded store, through the real HTTPS API.
+//! `cargo xtask bench control`: write throughput and create-to-watch-event
+//! latency of berth-control through the real HTTPS API, on the embedded
+//! store and on a local etcd (Debian's etcd-server), side by side.
 //!
 //! Prints numbers; asserts nothing (speed goals are read, not tested).
+
+#[allow(dead_code, unreachable_pub)]
+#[path = "../tests/common/etcd.rs"]
+mod etcd;
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -30,12 +35,24 @@ impl Drop for Server {
     }
 }
 
-fn start() -> anyhow::Result<Server> {
+/// A free loopback address (used by the etcd helper too).
+fn free_port() -> std::net::SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+}
+
+fn start(etcd_endpoints: Option<&str>) -> anyhow::Result<Server> {
     let dir = tempfile::tempdir()?;
-    let addr = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let addr = free_port();
+    let mut store_args = Vec::new();
+    if let Some(endpoints) = etcd_endpoints {
+        store_args = vec!["--store".to_string(), "etcd".into(), "--etcd-endpoints".into(), endpoints.into()];
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
         .args(["--listen", &addr.to_string(), "--data-dir"])
         .arg(dir.path())
+        .args(&store_args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -148,19 +165,56 @@ async fn watch_latency(api: Api<ConfigMap>) -> anyhow::Result<Vec<Duration>> {
     Ok(latencies)
 }
 
+/// Results of one backend.
+struct Results {
+    writes_per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure(server: &Server) -> anyhow::Result<Results> {
+    let api: Api<ConfigMap> = Api::namespaced(client(server).await?, "default");
+    // Wait until the server is ready (bootstrap done).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.list_metadata(&Default::default()).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "berth-control never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let writes_per_second = writes(api.clone()).await?;
+    let latencies = watch_latency(api).await?;
+    Ok(Results {
+        writes_per_second,
+        p50: percentile(&latencies, 0.50),
+        p99: percentile(&latencies, 0.99),
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // `cargo bench` passes `--bench`; nothing else to parse.
-    let server = start()?;
-    let api: Api<ConfigMap> = Api::namespaced(client(&server).await?, "default");
-    println!("berth-control, embedded store (every write fsynced before it is acknowledged)");
-    let rate = writes(api.clone()).await?;
-    println!("  writes: {WRITES} creates by {WRITERS} concurrent clients: {rate:.0} writes/s");
-    let latencies = watch_latency(api).await?;
+    eprintln!("measuring the embedded store ...");
+    let embedded = measure(&start(None)?).await?;
+    eprintln!("measuring etcd (one local member) ...");
+    let cluster = etcd::EtcdCluster::start(1);
+    let on_etcd = measure(&start(Some(&cluster.endpoints()))?).await?;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("berth-control through HTTPS, {WRITES} creates by {WRITERS} clients, {WATCHED} watched creates");
+    println!("every write is durable before it is acknowledged (fsync / etcd raft commit)\n");
+    println!("  {:<36} {:>12} {:>12} {:>8}", "", "embedded", "etcd", "ratio");
     println!(
-        "  create-to-watch-event latency over {WATCHED} creates: p50 {:.2} ms, p99 {:.2} ms",
-        percentile(&latencies, 0.50).as_secs_f64() * 1e3,
-        percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        "  {:<36} {:>12.0} {:>12.0} {:>8.2}",
+        "writes per second",
+        embedded.writes_per_second,
+        on_etcd.writes_per_second,
+        embedded.writes_per_second / on_etcd.writes_per_second
     );
+    for (label, a, b) in [
+        ("create-to-watch-event p50 (ms)", embedded.p50, on_etcd.p50),
+        ("create-to-watch-event p99 (ms)", embedded.p99, on_etcd.p99),
+    ] {
+        println!("  {label:<36} {:>12.2} {:>12.2} {:>8.2}", ms(a), ms(b), ms(a) / ms(b));
+    }
+    println!("\n  ratio = embedded / etcd");
     Ok(())
 }
