@@ -47,7 +47,12 @@ fn start(etcd_endpoints: Option<&str>) -> anyhow::Result<Server> {
     let addr = free_port();
     let mut store_args = Vec::new();
     if let Some(endpoints) = etcd_endpoints {
-        store_args = vec!["--store".to_string(), "etcd".into(), "--etcd-endpoints".into(), endpoints.into()];
+        store_args = vec![
+            "--store".to_string(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            endpoints.into(),
+        ];
     }
     let child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
         .args(["--listen", &addr.to_string(), "--data-dir"])
@@ -177,7 +182,10 @@ async fn measure(server: &Server) -> anyhow::Result<Results> {
     // Wait until the server is ready (bootstrap done).
     let deadline = Instant::now() + Duration::from_secs(30);
     while api.list_metadata(&Default::default()).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "berth-control never became ready");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "berth-control never became ready"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let writes_per_second = writes(api.clone()).await?;
@@ -201,7 +209,10 @@ async fn main() -> anyhow::Result<()> {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     println!("berth-control through HTTPS, {WRITES} creates by {WRITERS} clients, {WATCHED} watched creates");
     println!("every write is durable before it is acknowledged (fsync / etcd raft commit)\n");
-    println!("  {:<36} {:>12} {:>12} {:>8}", "", "embedded", "etcd", "ratio");
+    println!(
+        "  {:<36} {:>12} {:>12} {:>8}",
+        "", "embedded", "etcd", "ratio"
+    );
     println!(
         "  {:<36} {:>12.0} {:>12.0} {:>8.2}",
         "writes per second",
@@ -213,7 +224,12 @@ async fn main() -> anyhow::Result<()> {
         ("create-to-watch-event p50 (ms)", embedded.p50, on_etcd.p50),
         ("create-to-watch-event p99 (ms)", embedded.p99, on_etcd.p99),
     ] {
-        println!("  {label:<36} {:>12.2} {:>12.2} {:>8.2}", ms(a), ms(b), ms(a) / ms(b));
+        println!(
+            "  {label:<36} {:>12.2} {:>12.2} {:>8.2}",
+            ms(a),
+            ms(b),
+            ms(a) / ms(b)
+        );
     }
     println!("\n  ratio = embedded / etcd");
     Ok(())

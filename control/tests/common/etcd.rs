@@ -19,12 +19,35 @@ struct Member {
 pub(crate) struct EtcdCluster {
     dir: tempfile::TempDir,
     members: Vec<Member>,
+    /// With TLS: the CA (PEM) clients must trust and the client
+    /// certificate and key (PEM) etcd requires.
+    tls: Option<TlsFiles>,
+}
+
+/// Files of a TLS-serving etcd.
+pub(crate) struct TlsFiles {
+    pub(crate) ca: std::path::PathBuf,
+    pub(crate) client_cert: std::path::PathBuf,
+    pub(crate) client_key: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
 }
 
 impl EtcdCluster {
     /// Starts `size` members and waits until each accepts clients.
     pub(crate) fn start(size: usize) -> EtcdCluster {
+        EtcdCluster::start_with(size, false)
+    }
+
+    /// One member serving clients over TLS and requiring client
+    /// certificates signed by its CA.
+    pub(crate) fn start_tls() -> EtcdCluster {
+        EtcdCluster::start_with(1, true)
+    }
+
+    fn start_with(size: usize, tls: bool) -> EtcdCluster {
         let dir = tempfile::tempdir().expect("temp dir");
+        let tls = tls.then(|| make_tls(dir.path()));
         let members: Vec<Member> = (0..size)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -33,7 +56,7 @@ impl EtcdCluster {
                 child: Mutex::new(None),
             })
             .collect();
-        let cluster = EtcdCluster { dir, members };
+        let cluster = EtcdCluster { dir, members, tls };
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -56,14 +79,29 @@ impl EtcdCluster {
         let member = &self.members[i];
         let log = std::fs::File::create(self.dir.path().join(format!("{}.log", member.name)))
             .expect("log");
-        let child = Command::new("etcd")
+        let scheme = self.scheme();
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg("--cert-file")
+                .arg(&tls.server_cert)
+                .arg("--key-file")
+                .arg(&tls.server_key)
+                .arg("--trusted-ca-file")
+                .arg(&tls.ca)
+                .arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &member.name])
             .arg("--data-dir")
             .arg(self.dir.path().join(&member.name))
-            .args(["--listen-client-urls", &format!("http://{}", member.client)])
+            .args([
+                "--listen-client-urls",
+                &format!("{scheme}://{}", member.client),
+            ])
             .args([
                 "--advertise-client-urls",
-                &format!("http://{}", member.client),
+                &format!("{scheme}://{}", member.client),
             ])
             .args(["--listen-peer-urls", &format!("http://{}", member.peer)])
             .args([
@@ -89,7 +127,14 @@ impl EtcdCluster {
     fn wait(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
         let addr = self.members[i].client;
-        while !healthy(addr) {
+        let tls = self.tls.is_some();
+        // A TLS member is checked by its port only (the health probe
+        // speaks plain HTTP); berth-control's own retries cover the rest.
+        while !(if tls {
+            TcpStream::connect(addr).is_ok()
+        } else {
+            healthy(addr)
+        }) {
             let exited = lock(&self.members[i].child).as_mut().map(Child::try_wait);
             if let Some(Ok(Some(status))) = exited {
                 panic!(
@@ -108,7 +153,7 @@ impl EtcdCluster {
         }
     }
 
-    fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         std::fs::read_to_string(
             self.dir
                 .path()
@@ -117,11 +162,24 @@ impl EtcdCluster {
         .unwrap_or_default()
     }
 
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The TLS files, for a TLS-serving cluster.
+    pub(crate) fn tls(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
     /// Client URLs of every member, comma-separated.
     pub(crate) fn endpoints(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("http://{}", m.client))
+            .map(|m| format!("{}://{}", self.scheme(), m.client))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -169,4 +227,52 @@ fn healthy(addr: SocketAddr) -> bool {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all
+/// written under `dir`.
+fn make_tls(dir: &std::path::Path) -> TlsFiles {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SanType,
+    };
+    let write = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write TLS file");
+        path
+    };
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "berth test etcd CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key).expect("CA");
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |name: &str, sans: Vec<SanType>, usage: ExtendedKeyUsagePurpose| {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.subject_alt_names = sans;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let cert = params.signed_by(&key, &issuer).expect("sign");
+        (cert.pem(), key.serialize_pem())
+    };
+    let localhost = SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1]));
+    let (server_cert, server_key) =
+        leaf("etcd", vec![localhost], ExtendedKeyUsagePurpose::ServerAuth);
+    let (client_cert, client_key) =
+        leaf("berth-control", vec![], ExtendedKeyUsagePurpose::ClientAuth);
+    TlsFiles {
+        ca: write("ca.pem", &ca_cert.pem()),
+        server_cert: write("server.pem", &server_cert),
+        server_key: write("server-key.pem", &server_key),
+        client_cert: write("client.pem", &client_cert),
+        client_key: write("client-key.pem", &client_key),
+    }
 }
