@@ -14,6 +14,7 @@
 //! All of this needs root: [`require_root`] fails a test early with a clear
 //! message instead of skipping it.
 
+pub mod agent;
 mod cgroup;
 mod cmd;
 pub mod control;

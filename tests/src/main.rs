@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use berth_ebpf::{MapSizes, SockLb, SockLbConfig};
+use berth_tests::agent::{Agent, AgentConfig};
 use berth_tests::control::{self, ControlPlane};
 use berth_tests::{leftovers, sweep, RunPrefix, Testbed, TestbedConfig};
 use clap::{Parser, Subcommand};
@@ -33,6 +34,12 @@ enum Cmd {
         /// The berth-control binary to run as the control plane.
         #[arg(long)]
         control_bin: PathBuf,
+        /// The berth-agent binary to run on each node.
+        #[arg(long)]
+        agent_bin: PathBuf,
+        /// Metrics port of the first node's agent (node i serves on this + i).
+        #[arg(long, default_value_t = 9962)]
+        agent_metrics_port: u16,
         /// Address the control plane serves on.
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: SocketAddr,
@@ -62,8 +69,19 @@ fn main() -> anyhow::Result<()> {
             name,
             nodes,
             control_bin,
+            agent_bin,
+            agent_metrics_port,
             listen,
-        } => up(&prefix(&name)?, nodes, &control_bin, listen),
+        } => up(
+            &prefix(&name)?,
+            nodes,
+            &Binaries {
+                control: control_bin,
+                agent: agent_bin,
+            },
+            agent_metrics_port,
+            listen,
+        ),
         Cmd::Down { name } => down(&prefix(&name)?),
     }
 }
@@ -84,12 +102,21 @@ fn run_dir(prefix: &RunPrefix) -> PathBuf {
     Path::new("/run/berth").join(prefix.as_str())
 }
 
+/// The programs the local cluster runs.
+struct Binaries {
+    control: PathBuf,
+    agent: PathBuf,
+}
+
 fn up(
     prefix: &RunPrefix,
     nodes: usize,
-    control_bin: &Path,
+    bins: &Binaries,
+    metrics_port: u16,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
+    let control_bin = bins.control.as_path();
+    let agent_bin = bins.agent.as_path();
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -122,8 +149,45 @@ fn up(
         };
         SockLb::attach(&config, node.cgroup().path())
             .with_context(|| format!("starting the datapath on node {}", node.name()))?;
-        tracing::info!(node = node.name(), "node ready");
+        tracing::info!(node = node.name(), "datapath ready");
     }
+
+    // One agent per node, with the node's own credentials.
+    let mut agents = Vec::new();
+    for (i, node) in testbed.nodes().iter().enumerate() {
+        let dir = data_dir(prefix).join(node.name());
+        std::fs::create_dir_all(&dir)?;
+        let kubeconfig = dir.join("kubeconfig");
+        let made = std::process::Command::new(control_bin)
+            .arg("node-credentials")
+            .arg("--data-dir")
+            .arg(data_dir(prefix).join("control"))
+            .args(["--node", node.name(), "--server", &control.url(), "--out"])
+            .arg(&kubeconfig)
+            .output()
+            .context("running berth-control node-credentials")?;
+        if !made.status.success() {
+            bail!(
+                "node-credentials for {}: {}",
+                node.name(),
+                String::from_utf8_lossy(&made.stderr)
+            );
+        }
+        let port = u16::try_from(i)
+            .ok()
+            .and_then(|i| metrics_port.checked_add(i))
+            .context("agent metrics ports run past 65535")?;
+        let agent = Agent::start(&AgentConfig {
+            bin: agent_bin,
+            kubeconfig: &kubeconfig,
+            node: node.name(),
+            node_ip: node.underlay_ip().into(),
+            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
+            log: &dir.join("agent.log"),
+        })?;
+        agents.push((node.name().to_string(), agent));
+    }
+    wait_nodes_ready(&control.kubeconfig(), nodes)?;
 
     println!("Berth local cluster \"{prefix}\" is up.\n");
     println!(
@@ -136,7 +200,10 @@ fn up(
         "  try:         KUBECONFIG={} kubectl get nodes,namespaces,services\n",
         control.kubeconfig().display()
     );
-    println!("{nodes} nodes:\n");
+    println!(
+        "{nodes} nodes, each running berth-agent (log and kubeconfig in {}/<node>/):\n",
+        data_dir(prefix).display()
+    );
     println!(
         "  {:<5} {:<20} {:<12} {:<44} pins",
         "node", "netns", "underlay", "cgroup2"
@@ -160,9 +227,37 @@ fn up(
         first.pin_dir().display()
     );
     println!("Remove it all: cargo xtask down --name {prefix}");
+    for (node, agent) in agents {
+        agent.persist(&run_dir(prefix).join(format!("agent-{node}.pid")))?;
+    }
     control.persist(&run_dir(prefix).join("control.pid"))?;
     testbed.persist();
     Ok(())
+}
+
+/// Waits until `count` nodes report Ready.
+fn wait_nodes_ready(kubeconfig: &Path, count: usize) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let query =
+        "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}";
+    loop {
+        let out = std::process::Command::new("kubectl")
+            .env("KUBECONFIG", kubeconfig)
+            .args(["get", "nodes", "-o", query])
+            .output()
+            .context("running kubectl")?;
+        let ready = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| *l == "True")
+            .count();
+        if ready >= count {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!("only {ready} of {count} nodes became Ready within 60 s (see the agents' logs)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }
 
 fn remove_dir(dir: &Path) -> anyhow::Result<()> {
@@ -175,6 +270,15 @@ fn remove_dir(dir: &Path) -> anyhow::Result<()> {
 }
 
 fn down(prefix: &RunPrefix) -> anyhow::Result<()> {
+    // Agents first, so they do not report against a stopped control plane.
+    if let Ok(entries) = std::fs::read_dir(run_dir(prefix)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with("agent-") && name.ends_with(".pid") {
+                control::stop(&entry.path()).with_context(|| format!("stopping {name}"))?;
+            }
+        }
+    }
     let had_control = run_dir(prefix).join("control.pid").exists();
     control::stop(&run_dir(prefix).join("control.pid")).context("stopping berth-control")?;
     remove_dir(&run_dir(prefix))?;

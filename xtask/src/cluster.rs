@@ -36,6 +36,7 @@ pub(crate) fn up(args: &UpArgs) -> anyhow::Result<()> {
     build()?;
     let nodes = args.nodes.to_string();
     let control = bin("berth-control");
+    let agent = bin("berth-agent");
     testbed(&[
         "up",
         "--name",
@@ -44,6 +45,8 @@ pub(crate) fn up(args: &UpArgs) -> anyhow::Result<()> {
         &nodes,
         "--control-bin",
         &control.to_string_lossy(),
+        "--agent-bin",
+        &agent.to_string_lossy(),
     ])
 }
 

@@ -1,0 +1,78 @@
+//! The agent's Prometheus metrics, served at `/metrics` on the metrics
+//! address (9962 by default).
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Counters and gauges of the agent.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Lease renewals that succeeded.
+    pub heartbeats: Counter,
+    /// Lease renewals or status updates that failed.
+    pub heartbeat_failures: Counter,
+    /// Unix time of the last successful renewal.
+    pub last_heartbeat: Gauge<f64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("berth_agent");
+        let heartbeats = Counter::default();
+        let heartbeat_failures = Counter::default();
+        let last_heartbeat = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "heartbeats",
+            "Lease renewals that succeeded",
+            heartbeats.clone(),
+        );
+        registry.register(
+            "heartbeat_failures",
+            "Lease renewals or node status updates that failed",
+            heartbeat_failures.clone(),
+        );
+        registry.register(
+            "last_heartbeat_timestamp_seconds",
+            "Unix time of the last successful lease renewal",
+            last_heartbeat.clone(),
+        );
+        Metrics {
+            registry,
+            heartbeats,
+            heartbeat_failures,
+            last_heartbeat,
+        }
+    }
+}
+
+impl Metrics {
+    /// The text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters() {
+        let m = Metrics::default();
+        m.heartbeats.inc();
+        let text = m.render();
+        assert!(text.contains("berth_agent_heartbeats_total 1"), "{text}");
+        assert!(
+            text.contains("berth_agent_heartbeat_failures_total 0"),
+            "{text}"
+        );
+    }
+}
