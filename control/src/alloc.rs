@@ -242,16 +242,19 @@ impl Allocator {
         }
         svc["spec"]["ports"] = Value::Array(out);
 
-        // What the old object held and the new one no longer does goes back.
-        if let Some(old) = old {
-            let kept = held_by_service(svc);
-            let stale: Vec<String> = held_by_service(old)
-                .into_iter()
-                .filter(|k| !kept.contains(k))
-                .collect();
-            self.release(Claims(stale)).await;
-        }
         Ok(())
+    }
+
+    /// Releases what the stored `old` Service held and its stored
+    /// replacement `new` no longer holds (a NodePort Service turned
+    /// ClusterIP). Call only once `new` is stored.
+    pub async fn release_replaced(&self, old: &Value, new: &Value) {
+        let kept = held_by_service(new);
+        let stale: Vec<String> = held_by_service(old)
+            .into_iter()
+            .filter(|k| !kept.contains(k))
+            .collect();
+        self.release(Claims(stale)).await;
     }
 
     /// Releases a deleted Service's ClusterIP and NodePorts.
@@ -589,6 +592,7 @@ mod tests {
             .service(&mut plain, Some(&again), "services/default/np")
             .await
             .unwrap();
+        a.release_replaced(&again, &plain).await;
         // Both NodePorts are free again: two more NodePort services fit.
         for i in 0..2 {
             let mut s = json!({"metadata": {"name": "o"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}});

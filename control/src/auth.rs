@@ -159,7 +159,7 @@ pub struct Action<'a> {
     pub subresource: Option<&'a str>,
     /// Namespace of the request.
     pub namespace: Option<&'a str>,
-    /// Object name, if the request names one.
+    /// Object name: from the path, or for a create from the body.
     pub name: Option<&'a str>,
     /// For pods: the node the pod is bound to (`spec.nodeName`).
     pub bound_node: Option<&'a str>,
@@ -175,11 +175,8 @@ pub fn authorize(user: &User, action: &Action<'_>) -> Result<(), ApiError> {
     let own = |name: Option<&str>| name == Some(node);
     let allowed = match action.resource {
         _ if read => true,
-        "nodes" => action.verb == "create" || own(action.name),
-        "leases" => {
-            action.namespace == Some("kube-node-lease")
-                && (action.verb == "create" || own(action.name))
-        }
+        "nodes" => own(action.name),
+        "leases" => action.namespace == Some("kube-node-lease") && own(action.name),
         "pods" => {
             let bound = action.bound_node == Some(node);
             match (action.verb, action.subresource) {
@@ -256,6 +253,8 @@ mod tests {
         assert!(authorize(&n0, &action("list", "secrets", None)).is_ok());
         assert!(authorize(&n0, &action("update", "nodes", Some("n0"))).is_ok());
         assert!(authorize(&n0, &action("update", "nodes", Some("n1"))).is_err());
+        assert!(authorize(&n0, &action("create", "nodes", Some("n0"))).is_ok());
+        assert!(authorize(&n0, &action("create", "nodes", Some("n1"))).is_err());
         assert!(authorize(&n0, &action("create", "services", Some("x"))).is_err());
         let mut status = action("patch", "pods", Some("p"));
         status.subresource = Some("status");

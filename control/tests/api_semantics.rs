@@ -151,6 +151,16 @@ async fn node_credentials_write_only_their_own_objects(backend: Backend) {
         own.spec.and_then(|s| s.pod_cidr).as_deref(),
         Some("10.244.0.0/24")
     );
+    let impostor = nodes
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "n9"}})),
+        )
+        .await;
+    assert!(
+        matches!(impostor, Err(kube::Error::Api(s)) if s.code == 403),
+        "a node registers only itself"
+    );
     let other = nodes
         .patch(
             "n2",
@@ -343,4 +353,51 @@ async fn services_get_unique_cluster_ips_and_requested_ones_are_checked(backend:
     api.create(&PostParams::default(), &svc("clash", Some("10.96.100.100")))
         .await
         .expect("reuse");
+}
+
+#[tokio::test]
+async fn dry_runs_and_subresources_leave_allocations_and_objects_alone() {
+    let server = Server::start(&[]);
+    let api: Api<Service> = Api::namespaced(server.client().await, "default");
+    let created = api
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "np"}, "spec": {"type": "NodePort", "ports": [{"port": 80}]}})),
+        )
+        .await
+        .expect("create");
+    let port = created
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.as_ref())
+        .and_then(|p| p[0].node_port)
+        .expect("nodePort");
+    // A dry-run change to ClusterIP must not give the NodePort back.
+    let to_cluster_ip =
+        json!({"spec": {"type": "ClusterIP", "ports": [{"port": 80, "nodePort": null}]}});
+    api.patch(
+        "np",
+        &PatchParams::default().dry_run(),
+        &Patch::Merge(&to_cluster_ip),
+    )
+    .await
+    .expect("dry run");
+    let clash = api
+        .create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": "other"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": port}]}})),
+        )
+        .await;
+    assert!(
+        matches!(clash, Err(kube::Error::Api(s)) if s.code == 422),
+        "the port is still taken"
+    );
+    // DELETE on a subresource is not a delete of the object.
+    let out = server.kubectl(&[
+        "delete",
+        "--raw",
+        "/api/v1/namespaces/default/services/np/status",
+    ]);
+    assert!(!out.status.success());
+    assert!(api.get("np").await.is_ok(), "the Service survives");
 }

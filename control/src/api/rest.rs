@@ -103,6 +103,20 @@ fn verb(
     query: &HashMap<String, String>,
 ) -> Result<&'static str, ApiError> {
     let watching = matches!(query.get("watch").map(String::as_str), Some("true" | "1"));
+    let not_allowed = || {
+        ApiError::method_not_allowed(format!(
+            "{method} is not supported on {}/{}",
+            target.resource.plural,
+            target.sub.as_deref().unwrap_or("")
+        ))
+    };
+    match (method.as_str(), target.sub.as_deref()) {
+        ("DELETE", Some(_)) | ("GET" | "PUT" | "PATCH", Some("binding")) => {
+            return Err(not_allowed())
+        }
+        ("POST", Some(sub)) if sub != "binding" => return Err(not_allowed()),
+        _ => {}
+    }
     Ok(match (method.as_str(), target.name.is_some()) {
         ("GET", false) if watching => "watch",
         ("GET", false) => "list",
@@ -169,14 +183,18 @@ async fn handle_inner(
         },
     );
     let headers = req.headers().clone();
-    authorize(api, &user, verb, &target).await?;
-
     if matches!(verb, "create" | "update") {
         check_json_body(&headers)?;
     }
     let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
         .await
         .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    // A create names its object in the body.
+    let created_name = (verb == "create" && target.name.is_none())
+        .then(|| serde_json::from_slice::<Value>(&body).ok())
+        .flatten()
+        .and_then(|obj| object::name(&obj).map(String::from));
+    authorize(api, &user, verb, &target, created_name.as_deref()).await?;
     let ctx = Ctx {
         api,
         target: &target,
@@ -197,7 +215,13 @@ async fn handle_inner(
     }
 }
 
-async fn authorize(api: &Api, user: &User, verb: &str, target: &Target) -> Result<(), ApiError> {
+async fn authorize(
+    api: &Api,
+    user: &User,
+    verb: &str,
+    target: &Target,
+    created_name: Option<&str>,
+) -> Result<(), ApiError> {
     let mut bound_node = None;
     if matches!(user, User::Node { .. })
         && target.resource.plural == "pods"
@@ -224,7 +248,7 @@ async fn authorize(api: &Api, user: &User, verb: &str, target: &Target) -> Resul
             resource: target.resource.plural,
             subresource: target.sub.as_deref(),
             namespace: target.namespace.as_deref(),
-            name: target.name.as_deref(),
+            name: target.name.as_deref().or(created_name),
             bound_node: bound_node.as_deref(),
         },
     )
@@ -415,11 +439,12 @@ impl Ctx<'_> {
         object::prepare_create(resource, &mut obj)?;
         apply_defaults(resource.kind, &mut obj);
         let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
+        let dry = dry_run(self.query)?;
         let warnings = validate(resource, &obj, None, fields)?;
         self.namespace_must_exist(&obj).await?;
         let name = object::name(&obj).unwrap_or_default().to_string();
         let claims = self.allocate(&mut obj, None, &name).await?;
-        if dry_run(self.query)? {
+        if dry {
             self.api.0.alloc.release(claims).await;
             return Ok(with_warnings(
                 self.respond(StatusCode::CREATED, &obj),
@@ -502,6 +527,7 @@ impl Ctx<'_> {
         object::check_namespace(resource, &mut new, self.target.namespace.as_deref())?;
         object::prepare_update(resource, old, &mut new, self.target.sub.as_deref())?;
         let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
+        let dry = dry_run(self.query)?;
         let warnings = validate(resource, &new, Some(old), fields)?;
         if let Some(expected) = expected {
             if expected != record.mod_revision {
@@ -511,7 +537,7 @@ impl Ctx<'_> {
         let claims = self
             .allocate(&mut new, Some(old), self.target.name())
             .await?;
-        if dry_run(self.query)? {
+        if dry {
             self.api.0.alloc.release(claims).await;
             return Ok(with_warnings(self.respond(StatusCode::OK, &new), &warnings));
         }
@@ -523,6 +549,7 @@ impl Ctx<'_> {
                 .is_none_or(|f| f.is_empty())
             && !awaits_node(resource, &new);
         if finalized {
+            self.api.0.alloc.release(claims).await;
             let deleted = self.remove(record, old).await?;
             return Ok(with_warnings(
                 self.respond(StatusCode::OK, &deleted),
@@ -541,10 +568,17 @@ impl Ctx<'_> {
             .update(&record.key, stored, Some(record.mod_revision))
             .await;
         match result {
-            Ok(r) => Ok(with_warnings(
-                self.respond(StatusCode::OK, &object::from_record(&r)?),
-                &warnings,
-            )),
+            Ok(r) => {
+                // Only now that the new object is stored may what the old
+                // one held (and the new one does not) go back.
+                if resource.kind == "Service" && self.target.sub.is_none() {
+                    self.api.0.alloc.release_replaced(old, &new).await;
+                }
+                Ok(with_warnings(
+                    self.respond(StatusCode::OK, &object::from_record(&r)?),
+                    &warnings,
+                ))
+            }
             Err(e) => {
                 self.api.0.alloc.release(claims).await;
                 Err(store_error(self.target, e))
@@ -662,7 +696,22 @@ impl Ctx<'_> {
             })?
             .to_string();
         let (record, old) = self.read().await?;
-        if let Some(current) = old.pointer("/spec/nodeName").and_then(Value::as_str) {
+        if old.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(ApiError {
+                code: 409,
+                reason: "Conflict",
+                message: format!(
+                    "pod {} is being deleted and cannot be bound",
+                    self.target.name()
+                ),
+                details: None,
+            });
+        }
+        if let Some(current) = old
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
             return Err(ApiError {
                 code: 409,
                 reason: "Conflict",

@@ -158,6 +158,18 @@ pub(super) async fn serve(
     };
 
     let (tx, rx) = mpsc::channel::<Bytes>(LINE_BUFFER);
+    // A resourceVersion the store has not reached yet cannot be honoured
+    // either: the client must relist.
+    let current = store
+        .revision()
+        .await
+        .map_err(|e| ApiError::from_store(target.resource.plural, "", e))?;
+    if start > current {
+        let _ = tx.try_send(expired_line(&format!(
+            "too large resource version: {start}, current: {current}"
+        )));
+        return Ok(stream_response(rx));
+    }
     match store.watch(&prefix, start).await {
         Ok(events) => {
             let guard = api.0.metrics.watch_opened();
@@ -183,15 +195,20 @@ pub(super) async fn serve(
         }
         Err(e) => return Err(ApiError::from_store(target.resource.plural, "", e)),
     }
+    Ok(stream_response(rx))
+}
+
+/// The 200 response streaming the lines of `rx`.
+fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response {
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
     });
-    Ok((
+    (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(stream),
     )
-        .into_response())
+        .into_response()
 }
 
 /// Feeds one watch until its client leaves, it times out, or the store
