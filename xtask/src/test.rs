@@ -16,6 +16,9 @@ pub(crate) fn all() -> anyhow::Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // End-to-end tests run every binary of the workspace: build them all,
+    // also those of packages without integration tests of their own.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
     run(cargo().args(["test", "--workspace"]))?;
     eprintln!("==> all checks and tests passed");
     Ok(())
