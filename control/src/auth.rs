@@ -36,11 +36,37 @@ pub enum User {
     },
 }
 
+/// How often the token file is checked for changes (so a removed token
+/// stops working within this time).
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What tells one version of the token file from another: its inode
+/// (rewrites replace the file), modification time and size. The time
+/// alone is too coarse: two writes within a few milliseconds share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileVersion {
+    inode: u64,
+    modified: Option<SystemTime>,
+    len: u64,
+}
+
+impl FileVersion {
+    fn of(meta: &fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        FileVersion {
+            inode: meta.ino(),
+            modified: meta.modified().ok(),
+            len: meta.len(),
+        }
+    }
+}
+
 /// Tokens, reloaded when the file changes.
 #[derive(Debug)]
 pub struct Authenticator {
     path: PathBuf,
-    cache: RwLock<(Option<SystemTime>, HashMap<String, User>)>,
+    cache: RwLock<(Option<FileVersion>, HashMap<String, User>)>,
+    last_check: std::sync::Mutex<std::time::Instant>,
 }
 
 impl Authenticator {
@@ -49,13 +75,29 @@ impl Authenticator {
         let auth = Authenticator {
             path,
             cache: RwLock::new((None, HashMap::new())),
+            last_check: std::sync::Mutex::new(std::time::Instant::now()),
         };
         auth.reload_if_changed();
         auth
     }
 
-    /// The user a bearer token belongs to.
+    /// The user a bearer token belongs to. An unknown token makes the file
+    /// be checked for changes (a stat; it is read again only if it
+    /// changed), and known ones recheck it at most once per
+    /// [`RELOAD_EVERY`], so added tokens work at once and removed ones stop
+    /// working within a second, without a restart.
     pub fn authenticate(&self, token: &str) -> Option<User> {
+        let due = {
+            let mut last = self.last_check.lock().unwrap_or_else(|e| e.into_inner());
+            let due = last.elapsed() >= RELOAD_EVERY;
+            if due {
+                *last = std::time::Instant::now();
+            }
+            due
+        };
+        if due {
+            self.reload_if_changed();
+        }
         if let Some(user) = self.lookup(token) {
             return Some(user);
         }
@@ -69,11 +111,14 @@ impl Authenticator {
     }
 
     fn reload_if_changed(&self) {
-        let modified = fs::metadata(&self.path).and_then(|m| m.modified()).ok();
-        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
-        if modified.is_some() && cache.0 == modified {
-            return;
+        let modified = fs::metadata(&self.path).ok().map(|m| FileVersion::of(&m));
+        {
+            let cache = self.cache.read().unwrap_or_else(|e| e.into_inner());
+            if modified.is_some() && cache.0 == modified {
+                return;
+            }
         }
+        let mut cache = self.cache.write().unwrap_or_else(|e| e.into_inner());
         match fs::read_to_string(&self.path) {
             Ok(text) => *cache = (modified, parse_tokens(&text)),
             Err(e) => tracing::warn!(path = %self.path.display(), error = %e, "cannot read tokens"),
@@ -238,13 +283,26 @@ mod tests {
             Some(User::Admin { .. })
         ));
         assert_eq!(auth.authenticate("nope"), None);
-        // A node token added later is picked up without a restart.
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        // A node token added later is picked up at once...
         let n0 = ensure_node(&path, "n0").unwrap();
         assert_eq!(
             auth.authenticate(&n0),
             Some(User::Node { node: "n0".into() })
         );
+        // ...and a removed one stops working.
+        let kept: String = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with(&n0))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        crate::pki::write_private(&path, &kept).unwrap();
+        std::thread::sleep(RELOAD_EVERY + std::time::Duration::from_millis(50));
+        assert_eq!(auth.authenticate(&n0), None);
+        assert!(matches!(
+            auth.authenticate(&admin),
+            Some(User::Admin { .. })
+        ));
     }
 
     #[test]

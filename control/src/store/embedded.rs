@@ -237,7 +237,11 @@ impl Store for EmbeddedStore {
     }
 
     async fn watch(&self, prefix: &str, after: Revision) -> Result<WatchStream, StoreError> {
-        self.inner.lock_writer().watch(prefix, after)
+        // The lock is held by writers across their fsync: wait for it off
+        // the async threads.
+        let inner = Arc::clone(&self.inner);
+        let prefix = prefix.to_string();
+        blocking(move || inner.lock_writer().watch(&prefix, after)).await
     }
 
     async fn revision(&self) -> Result<Revision, StoreError> {

@@ -381,7 +381,17 @@ impl Store for EtcdStore {
                         EventType::Delete => {
                             // etcd's delete event has the key only: carry
                             // the last value, at the deletion's revision.
-                            let mut last = prev.clone().unwrap_or_else(|| store.record(kv));
+                            // Without it (compacted away) the watcher cannot
+                            // be told what was deleted: make it relist.
+                            let Some(mut last) = prev.clone() else {
+                                let _ = tx
+                                    .send(Err(StoreError::Compacted {
+                                        requested: after,
+                                        oldest: revision(kv.mod_revision()),
+                                    }))
+                                    .await;
+                                return;
+                            };
                             last.mod_revision = revision(kv.mod_revision());
                             (EventKind::Delete, last)
                         }
