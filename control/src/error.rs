@@ -127,6 +127,21 @@ impl ApiError {
         .with_details(json!({"name": name, "kind": kind, "causes": causes}))
     }
 
+    /// 409 for a request the object's current state forbids.
+    pub fn conflict_because(message: impl Into<String>) -> Self {
+        Self::new(409, "Conflict", message)
+    }
+
+    /// 422 for a JSON patch that cannot apply (a failed `test`, a missing
+    /// path).
+    pub fn unprocessable_patch(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            422,
+            "Invalid",
+            format!("the patch cannot be applied: {message}"),
+        )
+    }
+
     /// 500: the server failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

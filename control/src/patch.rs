@@ -42,8 +42,7 @@ pub fn apply(original: &Value, patch: &[u8], kind: PatchType) -> Result<Value, A
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut target, &ops)
-                .map_err(|e| ApiError::unprocessable_patch(e.to_string()))?;
+            json_patch::patch(&mut target, &ops).map_err(ApiError::unprocessable_patch)?;
         }
         PatchType::Merge => json_patch::merge(&mut target, &patch),
         PatchType::Strategic => {
@@ -261,19 +260,6 @@ fn reorder(field: &str, list: &mut [Value], order: &[Value]) {
             .unwrap_or(usize::MAX)
     };
     list.sort_by_key(|v| rank(v));
-}
-
-impl ApiError {
-    /// 422 for a JSON patch that cannot apply (a failed `test`, a missing
-    /// path).
-    pub fn unprocessable_patch(message: String) -> Self {
-        ApiError {
-            code: 422,
-            reason: "Invalid",
-            message: format!("the patch cannot be applied: {message}"),
-            details: None,
-        }
-    }
 }
 
 #[cfg(test)]

@@ -697,30 +697,20 @@ impl Ctx<'_> {
             .to_string();
         let (record, old) = self.read().await?;
         if old.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError {
-                code: 409,
-                reason: "Conflict",
-                message: format!(
-                    "pod {} is being deleted and cannot be bound",
-                    self.target.name()
-                ),
-                details: None,
-            });
+            return Err(ApiError::conflict_because(format!(
+                "pod {} is being deleted and cannot be bound",
+                self.target.name()
+            )));
         }
         if let Some(current) = old
             .pointer("/spec/nodeName")
             .and_then(Value::as_str)
             .filter(|n| !n.is_empty())
         {
-            return Err(ApiError {
-                code: 409,
-                reason: "Conflict",
-                message: format!(
-                    "pod {} is already assigned to node \"{current}\"",
-                    self.target.name()
-                ),
-                details: None,
-            });
+            return Err(ApiError::conflict_because(format!(
+                "pod {} is already assigned to node \"{current}\"",
+                self.target.name()
+            )));
         }
         let mut new = old.clone();
         new["spec"]["nodeName"] = json!(node);

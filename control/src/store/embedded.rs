@@ -49,10 +49,7 @@ impl EmbeddedStore {
             .map_err(|e| backend("open table", e))?;
         let current = {
             let meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
-            let current = meta
-                .get(REVISION_KEY)
-                .map_err(|e| backend("read revision", e))?;
-            current.map_or(0, |v| v.value())
+            stored_revision(&meta)?
         };
         txn.commit().map_err(|e| backend("commit", e))?;
         tracing::info!(path = %path.display(), revision = current, "embedded store open");
@@ -84,10 +81,7 @@ impl EmbeddedStore {
                     .open_table(OBJECTS)
                     .map_err(|e| backend("open table", e))?;
                 let mut meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
-                let current = meta
-                    .get(REVISION_KEY)
-                    .map_err(|e| backend("read revision", e))?
-                    .map_or(0, |v| v.value());
+                let current = stored_revision(&meta)?;
                 let revision = current + 1;
                 let prev = objects
                     .get(key.as_str())
@@ -127,6 +121,10 @@ impl EmbeddedStore {
 }
 
 impl Inner {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, StoreError> {
+        self.db.begin_read().map_err(|e| backend("begin read", e))
+    }
+
     fn lock_writer(&self) -> MutexGuard<'_, History> {
         // A panic while holding the lock leaves no half-made state behind
         // (the transaction was not committed), so the lock stays usable.
@@ -140,10 +138,7 @@ impl Store for EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         let key = key.to_string();
         blocking(move || {
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| backend("begin read", e))?;
+            let txn = inner.begin_read()?;
             let objects = txn
                 .open_table(OBJECTS)
                 .map_err(|e| backend("open table", e))?;
@@ -157,18 +152,12 @@ impl Store for EmbeddedStore {
         let inner = Arc::clone(&self.inner);
         let prefix = prefix.to_string();
         blocking(move || {
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| backend("begin read", e))?;
+            let txn = inner.begin_read()?;
             let objects = txn
                 .open_table(OBJECTS)
                 .map_err(|e| backend("open table", e))?;
             let meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
-            let revision = meta
-                .get(REVISION_KEY)
-                .map_err(|e| backend("read revision", e))?
-                .map_or(0, |v| v.value());
+            let revision = stored_revision(&meta)?;
             let mut records = Vec::new();
             for entry in objects
                 .range(prefix.as_str()..)
@@ -247,15 +236,9 @@ impl Store for EmbeddedStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         let inner = Arc::clone(&self.inner);
         blocking(move || {
-            let txn = inner
-                .db
-                .begin_read()
-                .map_err(|e| backend("begin read", e))?;
+            let txn = inner.begin_read()?;
             let meta = txn.open_table(META).map_err(|e| backend("open table", e))?;
-            let revision = meta
-                .get(REVISION_KEY)
-                .map_err(|e| backend("read revision", e))?;
-            Ok(revision.map_or(0, |v| v.value()))
+            stored_revision(&meta)
         })
         .await
     }
@@ -269,6 +252,14 @@ impl Store for EmbeddedStore {
         })
         .await
     }
+}
+
+/// The last revision written, as the meta table holds it (0 when empty).
+fn stored_revision(meta: &impl ReadableTable<&'static str, u64>) -> Result<Revision, StoreError> {
+    let revision = meta
+        .get(REVISION_KEY)
+        .map_err(|e| backend("read revision", e))?;
+    Ok(revision.map_or(0, |v| v.value()))
 }
 
 /// The existing record, if it is at the expected revision.
