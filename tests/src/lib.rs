@@ -17,6 +17,7 @@
 pub mod agent;
 mod cgroup;
 mod cmd;
+pub mod cni;
 pub mod control;
 mod error;
 mod exec_hooks;

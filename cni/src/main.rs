@@ -1,0 +1,47 @@
+//! `berth-cni`: the CNI plugin binary. A runtime runs it with `CNI_*`
+//! variables in the environment and the network configuration on stdin; it
+//! prints a result or an error object on stdout.
+
+use std::io::{Read, Write};
+use std::process::ExitCode;
+
+use berth_cni::config::NetConf;
+use berth_cni::env::Env;
+use berth_cni::error::{CniError, Code};
+use berth_cni::plugin;
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_CNI_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut stdin = Vec::new();
+    let read = std::io::stdin()
+        .read_to_end(&mut stdin)
+        .map_err(|e| CniError::new(Code::Io, "cannot read the configuration from stdin", e));
+    let version = NetConf::version_of(&stdin).unwrap_or_else(|| "1.1.0".to_string());
+    let outcome = read
+        .and_then(|_| Env::from_process())
+        .and_then(|env| plugin::run(&env, &stdin));
+    let (printed, code) = match outcome {
+        Ok(Some(result)) => (Some(result), ExitCode::SUCCESS),
+        Ok(None) => (None, ExitCode::SUCCESS),
+        Err(e) => {
+            tracing::error!(code = e.code as u32, error = %e, "CNI call failed");
+            (Some(e.to_json(&version)), ExitCode::FAILURE)
+        }
+    };
+    if let Some(json) = printed {
+        let mut out = std::io::stdout().lock();
+        let written = serde_json::to_writer(&mut out, &json)
+            .map_err(std::io::Error::from)
+            .and_then(|()| writeln!(out));
+        if written.is_err() {
+            return ExitCode::FAILURE;
+        }
+    }
+    code
+}
