@@ -4,13 +4,21 @@
 //!   conditions) and keeps its status current;
 //! - [`lease`]: renews the node's Lease in `kube-node-lease`, the heartbeat
 //!   the control plane judges node health by;
+//! - [`overlay`]: the VXLAN overlay to the other nodes' pod CIDRs;
+//! - [`cni_conf`]: the CNI configuration for the node's runtime;
+//! - [`caches`]: the API watches every subsystem reads;
+//! - [`config`]: the configuration file and its defaults;
 //! - [`metrics`]: what the agent exposes to Prometheus.
 //!
-//! Pods, the overlay and service load balancing join as they land.
+//! Pods and service load balancing join as they land.
 
+pub mod caches;
+pub mod cni_conf;
+pub mod config;
 pub mod lease;
 pub mod metrics;
 pub mod node;
+pub mod overlay;
 
 /// The agent's version as it reports itself in `nodeInfo`.
 pub const VERSION: &str = concat!("v1.33.0-berth.", env!("CARGO_PKG_VERSION"));

@@ -1,15 +1,23 @@
 //! `berth-agent`: the node agent of a Berth cluster.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use berth_agent::caches::Caches;
+use berth_agent::cni_conf;
+use berth_agent::config::Config;
 use berth_agent::lease;
 use berth_agent::metrics::Metrics;
 use berth_agent::node::{self, NodeInfo};
+use berth_agent::overlay::peers::{UNDERLAY_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
+use berth_agent::overlay::Overlay;
+use berth_cni::netlink::format_mac;
 use clap::Parser;
+use ipnetwork::Ipv4Network;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Api;
@@ -17,47 +25,108 @@ use kube::Api;
 #[derive(Debug, Parser)]
 #[command(name = "berth-agent", version, about = "Berth's node agent")]
 struct Cli {
+    /// YAML configuration file; flags override what it sets.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// kubeconfig with this node's credentials (`berth-control node-credentials`).
     #[arg(long)]
-    kubeconfig: PathBuf,
+    kubeconfig: Option<PathBuf>,
     /// Node name; defaults to the host name.
     #[arg(long)]
     node_name: Option<String>,
-    /// The node's address on the underlay network (its InternalIP).
+    /// The node's address on the underlay network (its InternalIP and VTEP address).
     #[arg(long)]
-    node_ip: IpAddr,
-    /// How often the node's Lease is renewed.
-    #[arg(long, default_value = "10", value_name = "SECONDS")]
-    heartbeat_interval: u64,
-    /// How long a renewal is valid.
-    #[arg(long, default_value = "40", value_name = "SECONDS")]
-    lease_duration: u64,
-    /// How often the node's status is refreshed.
-    #[arg(long, default_value = "60", value_name = "SECONDS")]
-    status_interval: u64,
-    /// Pods the node accepts.
-    #[arg(long, default_value_t = 110)]
-    max_pods: u32,
-    /// Where Prometheus metrics are served.
-    #[arg(long, default_value = "127.0.0.1:9962")]
-    metrics_listen: SocketAddr,
+    node_ip: Option<IpAddr>,
+    /// How often the node's Lease is renewed [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    heartbeat_interval: Option<u64>,
+    /// How long a renewal is valid [default: 40].
+    #[arg(long, value_name = "SECONDS")]
+    lease_duration: Option<u64>,
+    /// How often the node's status is refreshed [default: 60].
+    #[arg(long, value_name = "SECONDS")]
+    status_interval: Option<u64>,
+    /// Pods the node accepts [default: 110].
+    #[arg(long)]
+    max_pods: Option<u32>,
+    /// Where Prometheus metrics are served [default: 127.0.0.1:9962].
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+    /// Network namespace holding the node's interfaces (e.g. /run/netns/n0); default: the agent's own.
+    #[arg(long)]
+    netns: Option<PathBuf>,
+    /// Name of the VXLAN device [default: berth.1].
+    #[arg(long)]
+    vxlan_device: Option<String>,
+    /// VXLAN network identifier [default: 1].
+    #[arg(long)]
+    vxlan_vni: Option<u32>,
+    /// VXLAN UDP port [default: 8472].
+    #[arg(long)]
+    vxlan_port: Option<u16>,
+    /// How often the overlay is checked against the API without events [default: 10].
+    #[arg(long, value_name = "SECONDS")]
+    overlay_resync: Option<u64>,
+    /// Underlay interface; default: the one holding the node IP.
+    #[arg(long)]
+    underlay_interface: Option<String>,
+    /// Where the CNI configuration is written [default: /etc/cni/net.d].
+    #[arg(long)]
+    cni_conf_dir: Option<PathBuf>,
+    /// Where berth-cni keeps its leases [default: /var/lib/cni/networks].
+    #[arg(long)]
+    cni_data_dir: Option<PathBuf>,
+    /// The cluster's pod CIDR [default: 10.244.0.0/16].
+    #[arg(long)]
+    cluster_cidr: Option<Ipv4Network>,
+}
+
+impl Cli {
+    /// The file's configuration (or the defaults), with flags on top.
+    fn config(self) -> anyhow::Result<Config> {
+        let mut c = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        fn set<T>(slot: &mut T, flag: Option<T>) {
+            if let Some(v) = flag {
+                *slot = v;
+            }
+        }
+        set(&mut c.kubeconfig, self.kubeconfig.map(Some));
+        set(&mut c.node_name, self.node_name.map(Some));
+        set(&mut c.node_ip, self.node_ip.map(Some));
+        set(&mut c.heartbeat_interval_seconds, self.heartbeat_interval);
+        set(&mut c.lease_duration_seconds, self.lease_duration);
+        set(&mut c.status_interval_seconds, self.status_interval);
+        set(&mut c.max_pods, self.max_pods);
+        set(&mut c.metrics_listen, self.metrics_listen);
+        set(&mut c.netns, self.netns.map(Some));
+        set(&mut c.overlay.device, self.vxlan_device);
+        set(&mut c.overlay.vni, self.vxlan_vni);
+        set(&mut c.overlay.port, self.vxlan_port);
+        set(&mut c.overlay.resync_seconds, self.overlay_resync);
+        set(
+            &mut c.overlay.underlay_interface,
+            self.underlay_interface.map(Some),
+        );
+        set(&mut c.cni.conf_dir, self.cni_conf_dir);
+        set(&mut c.cni.data_dir, self.cni_data_dir);
+        set(&mut c.cni.cluster_cidr, self.cluster_cidr);
+        c.validate()?;
+        Ok(c)
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let cli = Cli::parse();
+    berth_cli::init_logging("RUST_LOG", "info");
+    let config = Cli::parse().config()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?
-        .block_on(run(cli))
+        .block_on(run(config))
 }
 
 async fn client(path: &PathBuf) -> anyhow::Result<kube::Client> {
@@ -74,35 +143,74 @@ fn host_name() -> anyhow::Result<String> {
     Ok(name.to_string_lossy().to_lowercase())
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
+async fn run(config: Config) -> anyhow::Result<()> {
+    let kubeconfig = config
+        .kubeconfig
+        .clone()
+        .context("kubeconfig is required")?;
+    let node_ip = match config.node_ip {
+        Some(IpAddr::V4(ip)) => ip,
+        other => anyhow::bail!("an IPv4 node IP is required, got {other:?}"),
+    };
     let info = NodeInfo {
-        name: match cli.node_name {
+        name: match config.node_name.clone() {
             Some(name) => name,
             None => host_name()?,
         },
-        internal_ip: cli.node_ip,
-        max_pods: cli.max_pods,
+        internal_ip: IpAddr::V4(node_ip),
+        max_pods: config.max_pods,
     };
-    let client = client(&cli.kubeconfig).await?;
+    let client = client(&kubeconfig).await?;
     let nodes: Api<Node> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client, lease::NAMESPACE);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), lease::NAMESPACE);
     let metrics = Arc::new(Metrics::default());
-    serve_metrics(cli.metrics_listen, Arc::clone(&metrics)).await?;
+    serve_metrics(config.metrics_listen, Arc::clone(&metrics)).await?;
 
     let ready_since = node::now();
     let registered = register_until_done(&nodes, &info, &ready_since).await;
-    let pod_cidr = registered
+    let pod_cidr: Ipv4Network = registered
         .spec
         .as_ref()
-        .and_then(|s| s.pod_cidr.clone())
-        .unwrap_or_default();
-    tracing::info!(node = %info.name, %pod_cidr, "node ready");
+        .and_then(|s| s.pod_cidr.as_deref())
+        .context("the control plane gave this node no pod CIDR")?
+        .parse()
+        .context("the node's pod CIDR")?;
+    tracing::info!(node = %info.name, %pod_cidr, "node registered");
 
-    let lease_duration = Duration::from_secs(cli.lease_duration);
-    let mut heartbeat = tokio::time::interval(Duration::from_secs(cli.heartbeat_interval.max(1)));
-    let mut status = tokio::time::interval(Duration::from_secs(cli.status_interval.max(1)));
+    let caches = Caches::start(client);
+    let netlink = match &config.netns {
+        Some(path) => berth_cni::netlink::connect_in(path)?,
+        None => berth_cni::netlink::connect()?,
+    };
+    let overlay = Overlay::start(netlink, &config.overlay, &info.name, node_ip, pod_cidr)
+        .await
+        .context("starting the VXLAN overlay")?;
+    let annotations = BTreeMap::from([
+        (VTEP_MAC_ANNOTATION.to_string(), format_mac(&overlay.mac())),
+        (UNDERLAY_IP_ANNOTATION.to_string(), node_ip.to_string()),
+    ]);
+    annotate_until_done(&nodes, &info.name, &annotations).await;
+    let conflist = cni_conf::conflist(&config.cni, pod_cidr, overlay.mtu());
+    let path = cni_conf::write(&config.cni.conf_dir, &conflist).with_context(|| {
+        format!(
+            "writing the CNI configuration in {}",
+            config.cni.conf_dir.display()
+        )
+    })?;
+    tracing::info!(conflist = %path.display(), mtu = overlay.mtu(), "CNI configuration written");
+    tokio::spawn(overlay.run(
+        caches.nodes.clone(),
+        Duration::from_secs(config.overlay.resync_seconds),
+        Arc::clone(&metrics),
+    ));
+    tracing::info!(node = %info.name, "node ready");
+
+    let lease_duration = Duration::from_secs(config.lease_duration_seconds);
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_secs(config.heartbeat_interval_seconds));
+    let mut status = tokio::time::interval(Duration::from_secs(config.status_interval_seconds));
     status.tick().await;
-    let shutdown = shutdown_signal();
+    let shutdown = berth_cli::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -125,8 +233,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
     }
+    // The kernel state stays: pods keep their connectivity while the agent
+    // is away, and the next start adopts it.
     tracing::info!("berth-agent stopped");
     Ok(())
+}
+
+/// Publishes the overlay annotations, retrying while the API server is
+/// unreachable.
+async fn annotate_until_done(
+    nodes: &Api<Node>,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+) {
+    let mut delay = Duration::from_millis(200);
+    while let Err(e) = node::annotate(nodes, name, annotations).await {
+        tracing::warn!(error = %e, retry_in = ?delay, "publishing the overlay annotations failed");
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
 }
 
 /// Registers the node, retrying while the API server is unreachable.
@@ -161,19 +286,4 @@ async fn serve_metrics(addr: SocketAddr, metrics: Arc<Metrics>) -> anyhow::Resul
         }
     });
     Ok(())
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
 }

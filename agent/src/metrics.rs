@@ -18,6 +18,16 @@ pub struct Metrics {
     pub heartbeat_failures: Counter,
     /// Unix time of the last successful renewal.
     pub last_heartbeat: Gauge<f64, AtomicU64>,
+    /// Overlay reconciliations that completed.
+    pub overlay_syncs: Counter,
+    /// Overlay reconciliations that failed (retried).
+    pub overlay_sync_failures: Counter,
+    /// Kernel changes (FDB, neighbour, route) the overlay made.
+    pub overlay_changes: Counter,
+    /// Other nodes the overlay reaches.
+    pub overlay_peers: Gauge,
+    /// Duration of the last overlay reconciliation.
+    pub overlay_sync_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -41,11 +51,46 @@ impl Default for Metrics {
             "Unix time of the last successful lease renewal",
             last_heartbeat.clone(),
         );
+        let overlay_syncs = Counter::default();
+        let overlay_sync_failures = Counter::default();
+        let overlay_changes = Counter::default();
+        let overlay_peers = Gauge::default();
+        let overlay_sync_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "overlay_syncs",
+            "Overlay reconciliations that completed",
+            overlay_syncs.clone(),
+        );
+        registry.register(
+            "overlay_sync_failures",
+            "Overlay reconciliations that failed and will be retried",
+            overlay_sync_failures.clone(),
+        );
+        registry.register(
+            "overlay_changes",
+            "FDB, neighbour and route changes the overlay made",
+            overlay_changes.clone(),
+        );
+        registry.register(
+            "overlay_peers",
+            "Other nodes the overlay reaches",
+            overlay_peers.clone(),
+        );
+        registry.register(
+            "overlay_sync_duration_seconds",
+            "Duration of the last overlay reconciliation",
+            overlay_sync_seconds.clone(),
+        );
         Metrics {
             registry,
             heartbeats,
             heartbeat_failures,
             last_heartbeat,
+            overlay_syncs,
+            overlay_sync_failures,
+            overlay_changes,
+            overlay_peers,
+            overlay_sync_seconds,
         }
     }
 }

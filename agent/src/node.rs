@@ -2,6 +2,7 @@
 //! node info, the Ready condition) patched through the `status`
 //! subresource.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use k8s_openapi::api::core::v1::Node;
@@ -163,6 +164,23 @@ pub async fn register(
         }
     }
     update_status(api, info, ready_since).await
+}
+
+/// Sets `annotations` on the node's metadata (a merge patch: other
+/// annotations stay).
+pub async fn annotate(
+    api: &Api<Node>,
+    name: &str,
+    annotations: &BTreeMap<String, String>,
+) -> Result<Node, NodeError> {
+    let patch = json!({"metadata": {"annotations": annotations}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|source| NodeError::Api {
+            op: "annotate",
+            node: name.to_string(),
+            source,
+        })
 }
 
 /// Patches the node's status (heartbeat time, addresses, capacity).

@@ -11,13 +11,7 @@ use berth_cni::error::{CniError, Code};
 use berth_cni::plugin;
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_CNI_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    berth_cli::init_logging("BERTH_CNI_LOG", "warn");
     let mut stdin = Vec::new();
     let read = std::io::stdin()
         .read_to_end(&mut stdin)

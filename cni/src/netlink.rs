@@ -123,6 +123,22 @@ pub fn link_controller(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// A hash that never changes between builds or versions, for names and
+/// addresses derived from identities (veth names, VTEP MACs): FNV-1a
+/// (64-bit), then MurmurHash3's finalizer so that inputs differing in one
+/// character ("n1", "n2") differ in every byte of the result.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let mut h = fnv;
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// `aa:bb:…` from bytes.
 pub fn format_mac(bytes: &[u8]) -> String {
     bytes

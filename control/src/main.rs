@@ -164,13 +164,7 @@ async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    berth_cli::init_logging("RUST_LOG", "info");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::NodeCredentials {
@@ -299,7 +293,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         pki.server_config()?,
         api.router(),
-        shutdown_signal(),
+        berth_cli::shutdown_signal(),
     )
     .await?;
     tracing::info!("berth-control stopped");
@@ -322,19 +316,4 @@ fn bootstrap_until_done(api: Api) {
             }
         }
     });
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; stop with Ctrl-C");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
-    }
 }

@@ -27,21 +27,39 @@ pub struct AgentConfig<'a> {
     pub node_ip: IpAddr,
     /// Where the agent serves metrics.
     pub metrics: SocketAddr,
-    /// The agent's log file.
+    /// The agent's log file (appended to, so restarts keep history).
     pub log: &'a Path,
+    /// The node's network namespace (the agent itself stays in the
+    /// machine's, where it reaches the API server).
+    pub netns: &'a Path,
+    /// Where the agent writes the node's CNI configuration (`net.d/`) and
+    /// berth-cni keeps its leases (`networks/`).
+    pub cni_dir: &'a Path,
 }
 
 impl Agent {
     /// Starts the agent (in its own process group, so a Ctrl-C in the
     /// terminal that started the cluster does not stop it).
     pub fn start(config: &AgentConfig<'_>) -> Result<Self, Error> {
-        let log = fs::File::create(config.log).map_err(|e| Error::io("create", config.log, e))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(config.log)
+            .map_err(|e| Error::io("open", config.log, e))?;
         let child = Command::new(config.bin)
             .arg("--kubeconfig")
             .arg(config.kubeconfig)
             .args(["--node-name", config.node])
             .args(["--node-ip", &config.node_ip.to_string()])
             .args(["--metrics-listen", &config.metrics.to_string()])
+            .arg("--netns")
+            .arg(config.netns)
+            .arg("--cni-conf-dir")
+            .arg(config.cni_dir.join("net.d"))
+            .arg("--cni-data-dir")
+            .arg(config.cni_dir.join("networks"))
+            // Simulated nodes resync often: repairs show within 2 s.
+            .args(["--overlay-resync", "2"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

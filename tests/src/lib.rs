@@ -16,6 +16,7 @@
 
 pub mod agent;
 mod cgroup;
+pub mod cluster;
 mod cmd;
 pub mod cni;
 pub mod control;
@@ -24,8 +25,10 @@ mod exec_hooks;
 mod netns;
 mod pin_dir;
 mod prefix;
+pub mod sockopt;
 mod sweep;
 mod testbed;
+pub mod traffic;
 
 pub use cgroup::{Cgroup, CGROUP2_ROOT};
 pub use cmd::run;

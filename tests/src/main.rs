@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use berth_ebpf::{MapSizes, SockLb, SockLbConfig};
-use berth_tests::agent::{Agent, AgentConfig};
-use berth_tests::control::{self, ControlPlane};
+use berth_tests::cluster::{Cluster, ClusterConfig};
+use berth_tests::control;
 use berth_tests::{leftovers, sweep, RunPrefix, Testbed, TestbedConfig};
 use clap::{Parser, Subcommand};
 
@@ -53,13 +53,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    berth_cli::init_logging("RUST_LOG", "info");
     let cli = Cli::parse();
     if !nix::unistd::geteuid().is_root() {
         bail!("berth-testbed creates namespaces, cgroups and BPF objects: run it as root");
@@ -115,8 +109,6 @@ fn up(
     metrics_port: u16,
     listen: SocketAddr,
 ) -> anyhow::Result<()> {
-    let control_bin = bins.control.as_path();
-    let agent_bin = bins.agent.as_path();
     if nodes == 0 {
         bail!("--nodes must be at least 1");
     }
@@ -134,9 +126,6 @@ fn up(
     // A fresh cluster: no state from an earlier one.
     remove_dir(&data_dir(prefix))?;
     std::fs::create_dir_all(run_dir(prefix))?;
-    let control = ControlPlane::start(control_bin, &data_dir(prefix).join("control"), listen)
-        .context("starting berth-control")?;
-    tracing::info!(url = %control.url(), "control plane ready");
     let testbed = Testbed::new(&TestbedConfig {
         prefix: prefix.clone(),
         nodes,
@@ -151,43 +140,21 @@ fn up(
             .with_context(|| format!("starting the datapath on node {}", node.name()))?;
         tracing::info!(node = node.name(), "datapath ready");
     }
-
-    // One agent per node, with the node's own credentials.
-    let mut agents = Vec::new();
-    for (i, node) in testbed.nodes().iter().enumerate() {
-        let dir = data_dir(prefix).join(node.name());
-        std::fs::create_dir_all(&dir)?;
-        let kubeconfig = dir.join("kubeconfig");
-        let made = std::process::Command::new(control_bin)
-            .arg("node-credentials")
-            .arg("--data-dir")
-            .arg(data_dir(prefix).join("control"))
-            .args(["--node", node.name(), "--server", &control.url(), "--out"])
-            .arg(&kubeconfig)
-            .output()
-            .context("running berth-control node-credentials")?;
-        if !made.status.success() {
-            bail!(
-                "node-credentials for {}: {}",
-                node.name(),
-                String::from_utf8_lossy(&made.stderr)
-            );
-        }
-        let port = u16::try_from(i)
-            .ok()
-            .and_then(|i| metrics_port.checked_add(i))
-            .context("agent metrics ports run past 65535")?;
-        let agent = Agent::start(&AgentConfig {
-            bin: agent_bin,
-            kubeconfig: &kubeconfig,
-            node: node.name(),
-            node_ip: node.underlay_ip().into(),
-            metrics: SocketAddr::from(([127, 0, 0, 1], port)),
-            log: &dir.join("agent.log"),
-        })?;
-        agents.push((node.name().to_string(), agent));
-    }
-    wait_nodes_ready(&control.kubeconfig(), nodes)?;
+    // The control plane, then one agent per node with the node's own
+    // credentials; returns once every node is Ready.
+    let cluster = Cluster::start(
+        testbed,
+        ClusterConfig {
+            control_bin: bins.control.clone(),
+            agent_bin: bins.agent.clone(),
+            state_dir: data_dir(prefix),
+            listen,
+            metrics_port,
+        },
+    )
+    .context("starting the cluster")?;
+    let control = cluster.control();
+    let testbed = cluster.testbed();
 
     println!("Berth local cluster \"{prefix}\" is up.\n");
     println!(
@@ -219,45 +186,28 @@ fn up(
         );
     }
     let first = &testbed.nodes()[0];
-    println!("\nEach node runs the socket load balancer (cgroup/connect4) on its cgroup2 subtree.");
+    println!("\nEach node runs the socket load balancer (cgroup/connect4) on its cgroup2 subtree,");
+    println!(
+        "and a VXLAN overlay (device berth.1, VNI 1, UDP 8472) to every other node's pod CIDR."
+    );
+    println!(
+        "Its CNI configuration (for berth-cni) is {}/<node>/cni/net.d/10-berth.conflist.",
+        data_dir(prefix).display()
+    );
     println!("Try:");
     println!("  ip netns exec {} ip -br addr", first.netns().name());
+    println!("  ip netns exec {} ip route", first.netns().name());
+    println!(
+        "  ip netns exec {} bridge fdb show dev berth.1",
+        first.netns().name()
+    );
     println!(
         "  bpftool map dump pinned {}/lb4_services",
         first.pin_dir().display()
     );
     println!("Remove it all: cargo xtask down --name {prefix}");
-    for (node, agent) in agents {
-        agent.persist(&run_dir(prefix).join(format!("agent-{node}.pid")))?;
-    }
-    control.persist(&run_dir(prefix).join("control.pid"))?;
-    testbed.persist();
+    cluster.persist(&run_dir(prefix))?;
     Ok(())
-}
-
-/// Waits until `count` nodes report Ready.
-fn wait_nodes_ready(kubeconfig: &Path, count: usize) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let query =
-        "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}";
-    loop {
-        let out = std::process::Command::new("kubectl")
-            .env("KUBECONFIG", kubeconfig)
-            .args(["get", "nodes", "-o", query])
-            .output()
-            .context("running kubectl")?;
-        let ready = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| *l == "True")
-            .count();
-        if ready >= count {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            bail!("only {ready} of {count} nodes became Ready within 60 s (see the agents' logs)");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
 }
 
 fn remove_dir(dir: &Path) -> anyhow::Result<()> {

@@ -2,12 +2,11 @@
 //! ADD/CHECK/DEL, concurrency, GC, STATUS, masquerading and bad input.
 
 use std::collections::HashSet;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use berth_tests::cni::{call, workspace_bin, Reply};
+use berth_tests::traffic::tcp_exchange;
 use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
 use serde_json::{json, Value};
 
@@ -125,34 +124,6 @@ fn pod_ip(result: &Value) -> Ipv4Addr {
         .expect("IPv4")
 }
 
-/// A one-line TCP exchange from `client` (a namespace) to `server_ip`,
-/// served from `server` (a namespace); returns what the server saw as the
-/// client's address.
-fn exchange(server: &Netns, server_ip: Ipv4Addr, client: &Netns) -> SocketAddr {
-    let listener = server
-        .run(|| TcpListener::bind((server_ip, 0)))
-        .expect("enter server namespace")
-        .expect("listen");
-    let target = listener.local_addr().expect("address");
-    let served = std::thread::spawn(move || {
-        let (mut conn, peer) = listener.accept().expect("accept");
-        conn.write_all(b"pong\n").expect("write");
-        peer
-    });
-    let mut reply = String::new();
-    client
-        .run(|| -> std::io::Result<()> {
-            let mut conn = TcpStream::connect_timeout(&target, Duration::from_secs(3))?;
-            conn.set_read_timeout(Some(Duration::from_secs(3)))?;
-            conn.read_to_string(&mut reply)?;
-            Ok(())
-        })
-        .expect("enter client namespace")
-        .unwrap_or_else(|e| panic!("connect {target}: {e}"));
-    assert_eq!(reply, "pong\n");
-    served.join().expect("server thread")
-}
-
 #[test]
 fn add_wires_pods_that_talk_check_notices_a_missing_interface_and_del_is_idempotent() {
     let setup = Setup::new(1);
@@ -214,7 +185,7 @@ fn add_wires_pods_that_talk_check_notices_a_missing_interface_and_del_is_idempot
     assert_ne!(ip_a, ip_b);
 
     // The two pods reach each other over the bridge, without translation.
-    assert_eq!(exchange(&pod_a, ip_a, &pod_b).ip(), ip_b);
+    assert_eq!(tcp_exchange(&pod_a, ip_a, &pod_b).ip(), ip_b);
 
     // CHECK accepts what ADD made, and notices a missing interface.
     let mut check = conf.clone();
@@ -347,7 +318,7 @@ fn masquerade_gives_pod_traffic_leaving_the_cluster_the_node_address() {
     let pod = n0.add_pod("m").expect("pod");
     setup.add("ctr-m", &pod, &setup.conf("10.244.5.0/24"));
     // n1 has no route to the pod CIDR: only a masqueraded connection works.
-    let seen = exchange(n1.netns(), n1.underlay_ip(), &pod);
+    let seen = tcp_exchange(n1.netns(), n1.underlay_ip(), &pod);
     assert_eq!(seen.ip(), n0.underlay_ip());
 }
 

@@ -10,6 +10,9 @@ use crate::shell::{cargo, run};
 pub(crate) enum Target {
     /// berth-control: writes per second and watch event latency.
     Control,
+    /// The pod network: overlay throughput and latency against the
+    /// same-node path, berth-cni against the reference CNI plugins.
+    Overlay,
 }
 
 /// Builds in release mode and runs the benchmark.
@@ -18,6 +21,20 @@ pub(crate) fn run_bench(target: Target) -> anyhow::Result<()> {
     match target {
         Target::Control => {
             run(cargo().args(["bench", "-p", "berth-control", "--bench", "control"]))
+        }
+        Target::Overlay => {
+            // The benchmark runs these binaries from target/release.
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "berth-agent",
+                "-p",
+                "berth-control",
+                "-p",
+                "berth-cni",
+            ]))?;
+            run(cargo().args(["bench", "-p", "berth-tests", "--bench", "overlay"]))
         }
     }
 }

@@ -21,6 +21,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "the distributed store's tests"),
     ("protobuf-compiler", "etcd's API, compiled by etcd-client"),
     ("iperf3", "overlay throughput benchmarks"),
+    (
+        "containernetworking-plugins",
+        "reference CNI plugins (bridge, host-local): the yardstick of berth-cni",
+    ),
 ];
 
 /// Installs whatever of [`PACKAGES`] is missing.

@@ -1,0 +1,304 @@
+//! What the overlay should hold for the other nodes, and the changes that
+//! take the kernel there. Pure: no netlink here.
+//!
+//! Each peer needs, on this node's VXLAN device:
+//! - an FDB entry: the peer's VTEP MAC → its underlay address;
+//! - a neighbour entry: the peer's VTEP address (its pod CIDR's network
+//!   address) → its VTEP MAC;
+//! - a route: its pod CIDR via its VTEP address, on-link.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use berth_cni::netlink::{format_mac, parse_mac};
+use ipnetwork::Ipv4Network;
+use k8s_openapi::api::core::v1::Node;
+
+/// Annotation with a node's VTEP MAC address.
+pub const VTEP_MAC_ANNOTATION: &str = "berth.dev/vtep-mac";
+/// Annotation with a node's underlay address (where its VTEP listens).
+pub const UNDERLAY_IP_ANNOTATION: &str = "berth.dev/underlay-ip";
+
+/// A MAC address.
+pub type Mac = [u8; 6];
+
+/// Another node, as the overlay needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    /// Node name (for logs).
+    pub node: String,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Network,
+    /// Its VTEP MAC.
+    pub mac: Mac,
+    /// Its underlay address.
+    pub underlay: Ipv4Addr,
+}
+
+impl Peer {
+    /// The peer's VTEP address: its pod CIDR's network address.
+    pub fn vtep_ip(&self) -> Ipv4Addr {
+        self.pod_cidr.network()
+    }
+
+    /// Reads a Node; `None` (with the reason) when it cannot be a peer yet.
+    pub fn from_node(node: &Node) -> Result<Self, String> {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let annotations = node.metadata.annotations.as_ref();
+        let annotation = |key: &str| annotations.and_then(|a| a.get(key)).map(String::as_str);
+        let cidr = node
+            .spec
+            .as_ref()
+            .and_then(|s| s.pod_cidr.as_deref())
+            .ok_or("no pod CIDR yet")?;
+        let pod_cidr: Ipv4Network = cidr
+            .parse()
+            .map_err(|e| format!("pod CIDR {cidr:?}: {e}"))?;
+        let mac_text = annotation(VTEP_MAC_ANNOTATION).ok_or("no VTEP MAC annotation yet")?;
+        let mac =
+            parse_mac(mac_text).ok_or_else(|| format!("bad {VTEP_MAC_ANNOTATION} {mac_text:?}"))?;
+        let ip_text = annotation(UNDERLAY_IP_ANNOTATION).ok_or("no underlay IP annotation yet")?;
+        let underlay = ip_text
+            .parse()
+            .map_err(|e| format!("bad {UNDERLAY_IP_ANNOTATION} {ip_text:?}: {e}"))?;
+        Ok(Peer {
+            node: name,
+            pod_cidr: Ipv4Network::new(pod_cidr.network(), pod_cidr.prefix()).unwrap_or(pod_cidr),
+            mac,
+            underlay,
+        })
+    }
+}
+
+/// The peers among `nodes`: every node but `me` that is complete.
+pub fn peers<'a>(nodes: impl IntoIterator<Item = &'a Node>, me: &str) -> Vec<Peer> {
+    let mut peers: Vec<Peer> = nodes
+        .into_iter()
+        .filter(|n| n.metadata.name.as_deref() != Some(me))
+        .filter_map(|n| match Peer::from_node(n) {
+            Ok(peer) => Some(peer),
+            Err(why) => {
+                tracing::debug!(node = n.metadata.name.as_deref().unwrap_or(""), %why, "not a peer yet");
+                None
+            }
+        })
+        .collect();
+    peers.sort_by(|a, b| a.node.cmp(&b.node));
+    peers
+}
+
+/// What the kernel holds on the VXLAN device.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Installed {
+    /// Routes: destination → on-link gateway.
+    pub routes: BTreeMap<Ipv4Network, Option<Ipv4Addr>>,
+    /// Permanent neighbours: address → MAC.
+    pub neighbours: BTreeMap<Ipv4Addr, Mac>,
+    /// FDB entries: MAC → remote underlay addresses.
+    pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
+}
+
+/// One kernel change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Remove the route to a CIDR.
+    DelRoute(Ipv4Network),
+    /// Remove a neighbour entry.
+    DelNeighbour(Ipv4Addr),
+    /// Remove one remote of an FDB entry.
+    DelFdb(Mac, Ipv4Addr),
+    /// Add (or replace) an FDB entry.
+    SetFdb(Mac, Ipv4Addr),
+    /// Add (or replace) a permanent neighbour.
+    SetNeighbour(Ipv4Addr, Mac),
+    /// Add (or replace) an on-link route.
+    SetRoute(Ipv4Network, Ipv4Addr),
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Change::DelRoute(cidr) => write!(f, "del route {cidr}"),
+            Change::DelNeighbour(ip) => write!(f, "del neigh {ip}"),
+            Change::DelFdb(mac, dst) => write!(f, "del fdb {} dst {dst}", format_mac(mac)),
+            Change::SetFdb(mac, dst) => write!(f, "fdb {} dst {dst}", format_mac(mac)),
+            Change::SetNeighbour(ip, mac) => write!(f, "neigh {ip} lladdr {}", format_mac(mac)),
+            Change::SetRoute(cidr, via) => write!(f, "route {cidr} via {via} onlink"),
+        }
+    }
+}
+
+/// The changes from `installed` to what `peers` need, in a safe order:
+/// removals first (route, neighbour, FDB), then additions (FDB, neighbour,
+/// route), so a route never points at a missing neighbour. Entries that
+/// already match are left alone.
+pub fn plan(peers: &[Peer], installed: &Installed) -> Vec<Change> {
+    let want_routes: BTreeMap<Ipv4Network, Ipv4Addr> =
+        peers.iter().map(|p| (p.pod_cidr, p.vtep_ip())).collect();
+    let want_neigh: BTreeMap<Ipv4Addr, Mac> = peers.iter().map(|p| (p.vtep_ip(), p.mac)).collect();
+    let want_fdb: BTreeMap<Mac, Ipv4Addr> = peers.iter().map(|p| (p.mac, p.underlay)).collect();
+
+    let mut changes = Vec::new();
+    for cidr in installed.routes.keys() {
+        if !want_routes.contains_key(cidr) {
+            changes.push(Change::DelRoute(*cidr));
+        }
+    }
+    for ip in installed.neighbours.keys() {
+        if !want_neigh.contains_key(ip) {
+            changes.push(Change::DelNeighbour(*ip));
+        }
+    }
+    for (mac, dsts) in &installed.fdb {
+        for dst in dsts {
+            if want_fdb.get(mac) != Some(dst) {
+                changes.push(Change::DelFdb(*mac, *dst));
+            }
+        }
+    }
+    for (mac, dst) in &want_fdb {
+        if !installed.fdb.get(mac).is_some_and(|d| d.contains(dst)) {
+            changes.push(Change::SetFdb(*mac, *dst));
+        }
+    }
+    for (ip, mac) in &want_neigh {
+        if installed.neighbours.get(ip) != Some(mac) {
+            changes.push(Change::SetNeighbour(*ip, *mac));
+        }
+    }
+    for (cidr, via) in &want_routes {
+        if installed.routes.get(cidr) != Some(&Some(*via)) {
+            changes.push(Change::SetRoute(*cidr, *via));
+        }
+    }
+    changes
+}
+
+/// What the kernel holds after `changes` are applied to `before`: used to
+/// check that a plan converges.
+#[cfg(test)]
+fn simulate(before: &Installed, changes: &[Change]) -> Installed {
+    let mut installed = before.clone();
+    for change in changes {
+        match *change {
+            Change::DelRoute(cidr) => drop(installed.routes.remove(&cidr)),
+            Change::DelNeighbour(ip) => drop(installed.neighbours.remove(&ip)),
+            Change::DelFdb(mac, dst) => {
+                if let Some(d) = installed.fdb.get_mut(&mac) {
+                    d.remove(&dst);
+                    if d.is_empty() {
+                        installed.fdb.remove(&mac);
+                    }
+                }
+            }
+            Change::SetFdb(mac, dst) => drop(installed.fdb.insert(mac, BTreeSet::from([dst]))),
+            Change::SetNeighbour(ip, mac) => drop(installed.neighbours.insert(ip, mac)),
+            Change::SetRoute(cidr, via) => drop(installed.routes.insert(cidr, Some(via))),
+        }
+    }
+    installed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn node(name: &str, cidr: Option<&str>, mac: Option<&str>, ip: Option<&str>) -> Node {
+        let mut annotations = serde_json::Map::new();
+        if let Some(mac) = mac {
+            annotations.insert(VTEP_MAC_ANNOTATION.into(), json!(mac));
+        }
+        if let Some(ip) = ip {
+            annotations.insert(UNDERLAY_IP_ANNOTATION.into(), json!(ip));
+        }
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "annotations": annotations},
+            "spec": {"podCIDR": cidr},
+        }))
+        .unwrap()
+    }
+
+    fn peer(name: &str, third: u8, last_mac: u8, underlay: u8) -> Peer {
+        Peer {
+            node: name.into(),
+            pod_cidr: Ipv4Network::new(Ipv4Addr::new(10, 244, third, 0), 24).unwrap(),
+            mac: [0x0e, 0, 0, 0, 0, last_mac],
+            underlay: Ipv4Addr::new(172, 30, 0, underlay),
+        }
+    }
+
+    #[test]
+    fn peers_skip_self_and_incomplete_nodes() {
+        let nodes = [
+            node(
+                "n0",
+                Some("10.244.0.0/24"),
+                Some("0e:00:00:00:00:01"),
+                Some("172.30.0.1"),
+            ),
+            node(
+                "n1",
+                Some("10.244.1.0/24"),
+                Some("0e:00:00:00:00:02"),
+                Some("172.30.0.2"),
+            ),
+            node("n2", None, Some("0e:00:00:00:00:03"), Some("172.30.0.3")),
+            node("n3", Some("10.244.3.0/24"), None, Some("172.30.0.4")),
+            node("n4", Some("10.244.4.0/24"), Some("zz"), Some("172.30.0.5")),
+        ];
+        let found = peers(&nodes, "n0");
+        assert_eq!(found, vec![peer("n1", 1, 2, 2)]);
+        assert_eq!(found[0].vtep_ip(), Ipv4Addr::new(10, 244, 1, 0));
+    }
+
+    #[test]
+    fn plan_adds_in_order_and_converges() {
+        let want = [peer("n1", 1, 2, 2), peer("n2", 2, 3, 3)];
+        let kernel = Installed::default();
+        let changes = plan(&want, &kernel);
+        assert_eq!(changes.len(), 6);
+        assert!(matches!(changes[0], Change::SetFdb(..)));
+        assert!(matches!(changes[5], Change::SetRoute(..)));
+        let kernel = simulate(&kernel, &changes);
+        assert!(
+            plan(&want, &kernel).is_empty(),
+            "a second pass changes nothing"
+        );
+    }
+
+    #[test]
+    fn a_vanished_node_is_removed_and_nothing_else_touched() {
+        let kernel = Installed::default();
+        let kernel = simulate(
+            &kernel,
+            &plan(&[peer("n1", 1, 2, 2), peer("n2", 2, 3, 3)], &kernel),
+        );
+        let changes = plan(&[peer("n1", 1, 2, 2)], &kernel);
+        assert_eq!(
+            changes,
+            vec![
+                Change::DelRoute("10.244.2.0/24".parse().unwrap()),
+                Change::DelNeighbour(Ipv4Addr::new(10, 244, 2, 0)),
+                Change::DelFdb([0x0e, 0, 0, 0, 0, 3], Ipv4Addr::new(172, 30, 0, 3)),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_moved_node_gets_only_its_fdb_entry_changed() {
+        let kernel = Installed::default();
+        let kernel = simulate(&kernel, &plan(&[peer("n1", 1, 2, 2)], &kernel));
+        let moved = [peer("n1", 1, 2, 9)];
+        let changes = plan(&moved, &kernel);
+        assert_eq!(
+            changes,
+            vec![
+                Change::DelFdb([0x0e, 0, 0, 0, 0, 2], Ipv4Addr::new(172, 30, 0, 2)),
+                Change::SetFdb([0x0e, 0, 0, 0, 0, 2], Ipv4Addr::new(172, 30, 0, 9)),
+            ]
+        );
+        let kernel = simulate(&kernel, &changes);
+        assert!(plan(&moved, &kernel).is_empty());
+    }
+}

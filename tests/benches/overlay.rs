@@ -1,0 +1,294 @@
+//! `cargo xtask bench overlay`: the pod network on two simulated nodes with
+//! berth-control and agents, in one run:
+//! - TCP throughput (iperf3) pod → pod across nodes (VXLAN) against the
+//!   same-node path (veth + bridge);
+//! - request/response latency (1-byte TCP ping-pong) on both paths;
+//! - CNI ADD and DEL latency of berth-cni against Debian's reference
+//!   `bridge` + `host-local` plugins (containernetworking-plugins), each
+//!   called as a runtime calls it (a process per call, in the node).
+//!
+//! Prints numbers and ratios; asserts nothing (speed goals are read, not
+//! tested). Needs root.
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_tests::cluster::{Cluster, ClusterConfig};
+use berth_tests::cni::{call, workspace_bin};
+use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
+use serde_json::{json, Value};
+
+const IPERF_SECONDS: u32 = 4;
+const IPERF_ROUNDS: usize = 3;
+const ROUND_TRIPS: usize = 20_000;
+const CNI_CALLS: usize = 100;
+/// Where Debian installs the reference plugins.
+const REFERENCE_PLUGINS: &str = "/usr/lib/cni";
+
+fn main() {
+    require_root();
+    let config = TestbedConfig::new(2);
+    let cluster = Cluster::start(
+        Testbed::new(&config).expect("testbed"),
+        ClusterConfig::beside_current_exe(&config.prefix),
+    )
+    .expect("cluster");
+    let cni = workspace_bin("berth-cni");
+    let (client, _) = cluster.add_pod(&cni, 0, "client").expect("client pod");
+    let (local, local_ip) = cluster.add_pod(&cni, 0, "local").expect("same-node pod");
+    let (remote, remote_ip) = cluster.add_pod(&cni, 1, "remote").expect("other-node pod");
+    cluster.wait_overlay(0, &[1]).expect("overlay");
+    cluster.wait_overlay(1, &[0]).expect("overlay");
+
+    println!("Pod network on 2 simulated nodes (netns on one kernel, 2 cores; underlay = veth + bridge, MTU 1500)\n");
+    throughput(
+        &client,
+        [
+            ("same node (veth + bridge)", &local, local_ip),
+            ("cross node (VXLAN)", &remote, remote_ip),
+        ],
+    );
+    latency(
+        &client,
+        [
+            ("same node", &local, local_ip),
+            ("cross node", &remote, remote_ip),
+        ],
+    );
+    cni_latency(&cni, &cluster.testbed().nodes()[0]);
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted.get(i).copied().unwrap_or(f64::NAN)
+}
+
+/// An iperf3 server in `pod`, stopped when dropped.
+struct IperfServer(Child);
+
+impl Drop for IperfServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn iperf_server(pod: &Netns, ip: Ipv4Addr) -> IperfServer {
+    let child = pod
+        .command("iperf3")
+        .expect("command")
+        .args(["-s", "-B", &ip.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("iperf3 -s (package iperf3)");
+    std::thread::sleep(Duration::from_millis(300));
+    IperfServer(child)
+}
+
+fn iperf(client: &Netns, server: Ipv4Addr) -> f64 {
+    let out = client
+        .command("iperf3")
+        .expect("command")
+        .args([
+            "-c",
+            &server.to_string(),
+            "-t",
+            &IPERF_SECONDS.to_string(),
+            "-J",
+        ])
+        .output()
+        .expect("iperf3 -c");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    report["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .unwrap_or_else(|| {
+            panic!(
+                "iperf3 to {server} failed: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+}
+
+fn throughput(client: &Netns, paths: [(&str, &Netns, Ipv4Addr); 2]) {
+    let _servers: Vec<IperfServer> = paths
+        .iter()
+        .map(|(_, pod, ip)| iperf_server(pod, *ip))
+        .collect();
+    let mut results = [Vec::new(), Vec::new()];
+    // Interleaved rounds: drift on the machine affects both paths alike.
+    for _ in 0..IPERF_ROUNDS {
+        for (i, (_, _, ip)) in paths.iter().enumerate() {
+            results[i].push(iperf(client, *ip) / 1e9);
+        }
+    }
+    println!(
+        "TCP throughput, pod -> pod (iperf3, {IPERF_SECONDS} s x {IPERF_ROUNDS} rounds, median)"
+    );
+    let same = median(&mut results[0]);
+    let cross = median(&mut results[1]);
+    println!("  {:<28} {same:>7.2} Gbit/s", paths[0].0);
+    println!("  {:<28} {cross:>7.2} Gbit/s", paths[1].0);
+    println!(
+        "  ratio cross/same             {:>7.2}   (goal >= 0.90)\n",
+        cross / same
+    );
+}
+
+/// Round-trip times (µs) of 1-byte exchanges over one TCP connection.
+fn round_trips(client: &Netns, server: &Netns, ip: Ipv4Addr) -> Vec<f64> {
+    let listener = server
+        .run(|| TcpListener::bind((ip, 0)))
+        .expect("enter")
+        .expect("listen");
+    let target = listener.local_addr().expect("address");
+    let echo = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        conn.set_nodelay(true).expect("nodelay");
+        let mut byte = [0u8; 1];
+        while conn.read_exact(&mut byte).is_ok() {
+            if conn.write_all(&byte).is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn = client
+        .run(|| TcpStream::connect(target))
+        .expect("enter")
+        .expect("connect");
+    conn.set_nodelay(true).expect("nodelay");
+    let mut byte = [0u8; 1];
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    for i in 0..ROUND_TRIPS + 1000 {
+        let start = Instant::now();
+        conn.write_all(&[1]).expect("write");
+        conn.read_exact(&mut byte).expect("read");
+        // The first 1000 warm the path up (ARP, caches).
+        if i >= 1000 {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    drop(conn);
+    let _ = echo.join();
+    samples.sort_by(f64::total_cmp);
+    samples
+}
+
+fn latency(client: &Netns, paths: [(&str, &Netns, Ipv4Addr); 2]) {
+    println!(
+        "Request/response latency, pod -> pod (1-byte TCP ping-pong, {ROUND_TRIPS} round trips)"
+    );
+    let same = round_trips(client, paths[0].1, paths[0].2);
+    let cross = round_trips(client, paths[1].1, paths[1].2);
+    for (label, samples) in [(paths[0].0, &same), (paths[1].0, &cross)] {
+        println!(
+            "  {label:<28} p50 {:>6.1} us   p99 {:>6.1} us",
+            percentile(samples, 0.5),
+            percentile(samples, 0.99)
+        );
+    }
+    println!(
+        "  ratio cross/same             p50 {:>6.2}      p99 {:>6.2}\n",
+        percentile(&cross, 0.5) / percentile(&same, 0.5),
+        percentile(&cross, 0.99) / percentile(&same, 0.99)
+    );
+}
+
+/// ADD and DEL times (ms) of `plugin` with `conf`, on fresh pod namespaces.
+fn cni_calls(
+    plugin: &Path,
+    node: &Node,
+    conf: &Value,
+    cni_path: &str,
+    tag: &str,
+) -> (Vec<f64>, Vec<f64>) {
+    let stdin = conf.to_string();
+    let (mut adds, mut dels) = (Vec::new(), Vec::new());
+    let pods: Vec<Netns> = (0..10)
+        .map(|i| node.add_pod(&format!("{tag}{i}")).expect("pod"))
+        .collect();
+    for i in 0..CNI_CALLS {
+        let pod = &pods[i % pods.len()];
+        let netns = pod.path().display().to_string();
+        let id = format!("{tag}-{i}");
+        for (command, times) in [("ADD", &mut adds), ("DEL", &mut dels)] {
+            let vars = [
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", id.as_str()),
+                ("CNI_NETNS", netns.as_str()),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", cni_path),
+            ];
+            let start = Instant::now();
+            let reply = call(plugin, node.netns(), &vars, stdin.as_bytes()).expect("run plugin");
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+            assert!(
+                reply.success,
+                "{} {command}: {} {}",
+                plugin.display(),
+                reply.json,
+                reply.stderr
+            );
+        }
+    }
+    adds.sort_by(f64::total_cmp);
+    dels.sort_by(f64::total_cmp);
+    (adds, dels)
+}
+
+fn cni_latency(cni: &Path, node: &Node) {
+    let dir = std::env::temp_dir().join(format!("berth-bench-cni-{}", std::process::id()));
+    let berth = json!({
+        "cniVersion": "1.1.0", "name": "bench", "type": "berth-cni", "bridge": "benchbr0",
+        "subnet": "10.244.200.0/24", "clusterCIDR": "10.244.0.0/16", "ipMasq": true, "mtu": 1450,
+        "dataDir": dir.join("berth"),
+    });
+    let reference = json!({
+        "cniVersion": "1.0.0", "name": "ref", "type": "bridge", "bridge": "refbr0", "isGateway": true,
+        "ipMasq": true, "hairpinMode": true, "mtu": 1450,
+        "ipam": {"type": "host-local", "subnet": "10.244.201.0/24", "dataDir": dir.join("ref")},
+    });
+    println!(
+        "CNI ADD and DEL latency ({CNI_CALLS} of each, a process per call in the node's namespace)"
+    );
+    let (adds, dels) = cni_calls(cni, node, &berth, "/opt/cni/bin", "b");
+    let row = |label: &str, adds: &[f64], dels: &[f64]| {
+        println!(
+            "  {label:<28} ADD p50 {:>6.2} ms  p99 {:>6.2} ms   DEL p50 {:>6.2} ms  p99 {:>6.2} ms",
+            percentile(adds, 0.5),
+            percentile(adds, 0.99),
+            percentile(dels, 0.5),
+            percentile(dels, 0.99)
+        );
+    };
+    row("berth-cni", &adds, &dels);
+    let bridge = Path::new(REFERENCE_PLUGINS).join("bridge");
+    if bridge.exists() {
+        let (ref_adds, ref_dels) = cni_calls(&bridge, node, &reference, REFERENCE_PLUGINS, "r");
+        row("bridge + host-local", &ref_adds, &ref_dels);
+        println!(
+            "  ratio berth/reference        ADD p50 {:>6.2}                DEL p50 {:>6.2}",
+            percentile(&adds, 0.5) / percentile(&ref_adds, 0.5),
+            percentile(&dels, 0.5) / percentile(&ref_dels, 0.5)
+        );
+    } else {
+        println!("  bridge + host-local          not measured: {} is missing (package containernetworking-plugins)", bridge.display());
+    }
+    let verdict = |v: f64| if v < 10.0 { "met" } else { "missed" };
+    println!(
+        "  goal: ADD and DEL each under 10 ms -> ADD {} (p50 {:.2} ms), DEL {} (p50 {:.2} ms)",
+        verdict(percentile(&adds, 0.5)),
+        percentile(&adds, 0.5),
+        verdict(percentile(&dels, 0.5)),
+        percentile(&dels, 0.5)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
