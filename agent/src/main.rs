@@ -167,14 +167,15 @@ async fn run(config: Config) -> anyhow::Result<()> {
     serve_metrics(config.metrics_listen, Arc::clone(&metrics)).await?;
 
     let ready_since = node::now();
-    let registered = register_until_done(&nodes, &info, &ready_since).await;
-    let pod_cidr: Ipv4Network = registered
-        .spec
-        .as_ref()
-        .and_then(|s| s.pod_cidr.as_deref())
-        .context("the control plane gave this node no pod CIDR")?
-        .parse()
-        .context("the node's pod CIDR")?;
+    let pod_cidr = register_until_done(&nodes, &info, &ready_since).await?;
+    if !config.cni.cluster_cidr.contains(pod_cidr.network())
+        || config.cni.cluster_cidr.prefix() > pod_cidr.prefix()
+    {
+        anyhow::bail!(
+            "this node's pod CIDR {pod_cidr} is outside the cluster CIDR {} (set cni.clusterCIDR / --cluster-cidr to the control plane's --cluster-cidr)",
+            config.cni.cluster_cidr
+        );
+    }
     tracing::info!(node = %info.name, %pod_cidr, "node registered");
 
     let caches = Caches::start(client);
@@ -225,12 +226,24 @@ async fn run(config: Config) -> anyhow::Result<()> {
                     tracing::warn!(error = %e, "heartbeat failed");
                 }
             },
-            _ = status.tick() => {
-                if let Err(e) = node::update_status(&nodes, &info, &ready_since).await {
+            _ = status.tick() => match node::update_status(&nodes, &info, &ready_since).await {
+                Ok(_) => {}
+                Err(e) if e.is_not_found() => {
+                    // Deleted from the API while this agent runs: register
+                    // again, with the overlay annotations. A new pod CIDR
+                    // would invalidate every pod address: stop instead.
+                    tracing::warn!(node = %info.name, "Node object deleted; registering again");
+                    let again = register_until_done(&nodes, &info, &ready_since).await?;
+                    if again != pod_cidr {
+                        anyhow::bail!("the node was registered again with pod CIDR {again} instead of {pod_cidr}: restart the agent (and recreate the node's pods)");
+                    }
+                    annotate_until_done(&nodes, &info.name, &annotations).await;
+                }
+                Err(e) => {
                     metrics.heartbeat_failures.inc();
                     tracing::warn!(error = %e, "node status update failed");
                 }
-            }
+            },
         }
     }
     // The kernel state stays: pods keep their connectivity while the agent
@@ -254,18 +267,28 @@ async fn annotate_until_done(
     }
 }
 
-/// Registers the node, retrying while the API server is unreachable.
-async fn register_until_done(nodes: &Api<Node>, info: &NodeInfo, ready_since: &str) -> Node {
+/// Registers the node, retrying while the API server is unreachable or
+/// has not given the node a pod CIDR yet; returns the pod CIDR.
+async fn register_until_done(
+    nodes: &Api<Node>,
+    info: &NodeInfo,
+    ready_since: &str,
+) -> anyhow::Result<Ipv4Network> {
     let mut delay = Duration::from_millis(200);
     loop {
         match node::register(nodes, info, ready_since).await {
-            Ok(node) => return node,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?delay, "registration failed");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
+            Ok(node) => match node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
+                Some(cidr) => {
+                    return cidr
+                        .parse()
+                        .with_context(|| format!("the node's pod CIDR {cidr:?}"))
+                }
+                None => tracing::info!(retry_in = ?delay, "no pod CIDR assigned yet"),
+            },
+            Err(e) => tracing::warn!(error = %e, retry_in = ?delay, "registration failed"),
         }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(10));
     }
 }
 

@@ -37,6 +37,13 @@ pub enum NodeError {
     },
 }
 
+impl NodeError {
+    /// The Node does not exist (it was deleted from the API).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, NodeError::Api { source: kube::Error::Api(e), .. } if e.code == 404)
+    }
+}
+
 /// The time now in RFC 3339 (seconds), as Kubernetes writes `Time`.
 pub fn now() -> String {
     jiff::Timestamp::now()

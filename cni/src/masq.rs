@@ -12,13 +12,16 @@ use crate::error::{CniError, Code, Result};
 /// The table holding one masquerade chain per network.
 pub const TABLE: &str = "berth_cni";
 
-/// The chain of `network`: its name reduced to what nft accepts unquoted.
+/// The chain of `network`: its name reduced to what nft accepts unquoted,
+/// plus a hash of the exact name, so `my-net` and `my_net` get chains of
+/// their own.
 pub fn chain_name(network: &str) -> String {
     let clean: String = network
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    format!("masq_{clean}")
+    let hash = crate::netlink::stable_hash(network.as_bytes()) as u32;
+    format!("masq_{clean}_{hash:08x}")
 }
 
 /// The nft script that (re)states the chain of `network` in one
@@ -75,11 +78,17 @@ mod tests {
             "10.244.1.0/24".parse().unwrap(),
             "10.244.0.0/16".parse().unwrap(),
         );
-        assert!(s.contains("chain masq_my_net"), "{s}");
+        let chain = chain_name("my-net");
+        assert!(chain.starts_with("masq_my_net_"), "{chain}");
+        assert_ne!(chain, chain_name("my_net"));
+        assert!(s.contains(&format!("chain {chain} ")), "{s}");
         assert!(
             s.contains("ip saddr 10.244.1.0/24 ip daddr != 10.244.0.0/16 masquerade"),
             "{s}"
         );
-        assert!(s.contains("flush chain ip berth_cni masq_my_net"), "{s}");
+        assert!(
+            s.contains(&format!("flush chain ip berth_cni {chain}")),
+            "{s}"
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::LinkMessage;
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -39,6 +39,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
         ));
     }
     let conf = NetConf::parse(stdin)?;
+    check_version_allows(env.command, &conf.cni_version)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .build()
@@ -55,14 +56,82 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<serde_json::Value>> {
     })
 }
 
+/// CHECK came with spec 0.4.0, STATUS and GC with 1.1.0: a configuration
+/// of an older version does not allow them (error 1, as the reference
+/// plugins answer).
+fn check_version_allows(command: Command, version: &str) -> Result<()> {
+    let since = match command {
+        Command::Check => "0.4.0",
+        Command::Status | Command::Gc => "1.1.0",
+        _ => return Ok(()),
+    };
+    let rank = |v: &str| SUPPORTED_VERSIONS.iter().position(|s| *s == v);
+    if rank(version) < rank(since) {
+        return Err(CniError::new(
+            Code::IncompatibleVersion,
+            format!("cniVersion {version} does not allow this command"),
+            format!("it needs cniVersion {since} or later"),
+        ));
+    }
+    Ok(())
+}
+
+/// The alias the host end of an attachment carries: what DEL and GC check
+/// before removing a link, so they never remove one they did not make.
+pub fn host_veth_alias(network: &str, owner: &Attachment) -> String {
+    format!(
+        "berth-cni/{network}/{}/{}",
+        owner.container_id, owner.ifname
+    )
+}
+
+/// The attachment a host end belongs to, read back from its alias.
+fn alias_owner(alias: &str, network: &str) -> Option<Attachment> {
+    let rest = alias
+        .strip_prefix("berth-cni/")?
+        .strip_prefix(network)?
+        .strip_prefix('/')?;
+    let (container_id, ifname) = rest.split_once('/')?;
+    Some(Attachment {
+        container_id: container_id.to_string(),
+        ifname: ifname.to_string(),
+    })
+}
+
+/// Whether a link is a host end this plugin made: it carries `alias` (any
+/// of this plugin's when `None`), or it is a pair left half-made by an ADD
+/// killed between creating it and naming it (our name pattern, no alias,
+/// on no bridge).
+fn is_ours(link: &LinkMessage, alias: Option<&str>) -> bool {
+    match (link_alias(link), alias) {
+        (Some(found), Some(wanted)) => found == wanted,
+        (Some(found), None) => found.starts_with("berth-cni/"),
+        (None, _) => {
+            let name = link_name(link).unwrap_or_default();
+            let hex = name.strip_prefix(HOST_VETH_PREFIX).unwrap_or_default();
+            hex.len() == 8
+                && hex.bytes().all(|b| b.is_ascii_hexdigit())
+                && link_controller(link).is_none()
+        }
+    }
+}
+
+fn link_alias(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
+        _ => None,
+    })
+}
+
 /// The host end's name for an attachment: stable, so DEL and GC find it
 /// without state, and at most 15 characters.
 pub fn host_veth_name(owner: &Attachment) -> String {
     format!("{HOST_VETH_PREFIX}{:08x}", fnv1a(owner) as u32)
 }
 
-/// Name of the pod end while it is still in the host namespace.
-fn temp_peer_name(owner: &Attachment) -> String {
+/// Name of the pod end while it is still in the host namespace (public
+/// for tests that provoke a clash).
+pub fn temp_peer_name(owner: &Attachment) -> String {
     format!("bp{:08x}", fnv1a(owner) as u32)
 }
 
@@ -83,15 +152,22 @@ fn owner_of(env: &Env) -> Attachment {
     }
 }
 
-/// Opens the container's namespace: an unknown container is code 3.
+/// Opens the container's namespace: an unknown container, or a path that
+/// is not a namespace, is code 3.
 fn open_netns(path: &Path) -> Result<File> {
-    File::open(path).map_err(|e| {
+    let unknown = |why: String| {
         CniError::new(
             Code::UnknownContainer,
             "cannot open the container's network namespace",
-            format!("{}: {e}", path.display()),
+            format!("{}: {why}", path.display()),
         )
-    })
+    };
+    let file = File::open(path).map_err(|e| unknown(e.to_string()))?;
+    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| unknown(e.to_string()))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(unknown("not a namespace file".into()));
+    }
+    Ok(file)
 }
 
 fn connect_host() -> Result<Handle> {
@@ -133,28 +209,23 @@ async fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value> {
             "another network owns it; choose another CNI_IFNAME",
         ));
     }
-    let bridge = ensure_bridge(&host, conf).await?;
-    enable_forwarding()?;
     let ip = leases.allocate(conf.subnet, &owner)?;
-    match wire_pod(
-        &host,
-        &Sandbox {
-            handle: &pod,
-            file: &netns,
-            path: netns_path,
-        },
-        &bridge,
-        conf,
-        &owner,
-        ip,
-    )
-    .await
-    {
+    let sandbox = Sandbox {
+        handle: &pod,
+        file: &netns,
+        path: netns_path,
+    };
+    let wired = async {
+        let bridge = ensure_bridge(&host, conf).await?;
+        enable_forwarding()?;
+        wire_pod(&host, &sandbox, &bridge, conf, &owner, ip).await
+    };
+    match wired.await {
         Ok(mut ours) => {
             if conf.ip_masq {
                 if let Some(cluster) = conf.cluster_cidr {
                     if let Err(e) = masq::ensure(&conf.name, conf.subnet, cluster) {
-                        undo_wiring(&host, &owner).await;
+                        undo_wiring(&host, conf, &owner).await;
                         leases.release(&owner)?;
                         return Err(e);
                     }
@@ -172,7 +243,7 @@ async fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value> {
                 .map_err(|e| CniError::new(Code::Io, "cannot encode the result", e))
         }
         Err(e) => {
-            undo_wiring(&host, &owner).await;
+            undo_wiring(&host, conf, &owner).await;
             leases.release(&owner)?;
             Err(e)
         }
@@ -303,7 +374,7 @@ async fn wire_pod(
     let host_name = host_veth_name(owner);
     let peer_name = temp_peer_name(owner);
     // A leftover from an interrupted ADD of the same attachment goes first.
-    undo_wiring(host, owner).await;
+    undo_wiring(host, conf, owner).await;
     host.link()
         .add(LinkVeth::new(&host_name, &peer_name).mtu(conf.mtu).build())
         .execute()
@@ -317,6 +388,21 @@ async fn wire_pod(
         .await
         .map_err(|e| kernel("read links", e))?
         .ok_or_else(|| kernel("find the new veth peer", &peer_name))?;
+    let host_index = host_link.header.index;
+    // The alias marks the pair as this attachment's (the kernel takes it
+    // on a change, not at creation): set at once, before anything can fail.
+    host.link()
+        .change(
+            LinkUnspec::new_with_index(host_index)
+                .mtu(conf.mtu)
+                .controller(bridge.header.index)
+                .alias(host_veth_alias(&conf.name, owner))
+                .up()
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(|e| kernel(&format!("attach {host_name} to {}", conf.bridge), e))?;
     host.link()
         .change(
             LinkUnspec::new_with_index(peer.header.index)
@@ -327,18 +413,6 @@ async fn wire_pod(
         .execute()
         .await
         .map_err(|e| kernel("move the veth into the container", e))?;
-    let host_index = host_link.header.index;
-    host.link()
-        .change(
-            LinkUnspec::new_with_index(host_index)
-                .mtu(conf.mtu)
-                .controller(bridge.header.index)
-                .up()
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| kernel(&format!("attach {host_name} to {}", conf.bridge), e))?;
     if conf.hairpin {
         host.link()
             .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
@@ -428,41 +502,34 @@ async fn wire_pod(
     })
 }
 
-/// Removes the attachment's veth pair (both ends go with either); a pair
-/// that is already gone is fine.
-async fn undo_wiring(host: &Handle, owner: &Attachment) {
-    for name in [host_veth_name(owner), temp_peer_name(owner)] {
-        if let Ok(Some(link)) = link_by_name(host, &name).await {
-            if let Err(e) = host.link().del(link.header.index).execute().await {
-                if errno(&e) != Some(libc::ENODEV) {
-                    tracing::warn!(link = %name, error = %e, "cannot remove veth");
-                }
+/// Removes the attachment's veth pair by its host end (the pod end goes
+/// with it), if that end carries the attachment's alias; a pair that is
+/// already gone is fine.
+async fn undo_wiring(host: &Handle, conf: &NetConf, owner: &Attachment) {
+    let name = host_veth_name(owner);
+    let alias = host_veth_alias(&conf.name, owner);
+    if let Ok(Some(link)) = link_by_name(host, &name).await {
+        if !is_ours(&link, Some(&alias)) {
+            tracing::warn!(link = %name, "not removing a link this attachment did not make");
+            return;
+        }
+        if let Err(e) = host.link().del(link.header.index).execute().await {
+            if errno(&e) != Some(libc::ENODEV) {
+                tracing::warn!(link = %name, error = %e, "cannot remove veth");
             }
         }
     }
 }
 
+/// Removing the host end removes the pod end with it, wherever the pod's
+/// namespace is (or whether it still exists): DEL never touches an
+/// interface in the container by name, which might belong to another
+/// network.
 async fn del(env: &Env, conf: &NetConf) -> Result<()> {
     let owner = owner_of(env);
     let leases = Leases::lock(&conf.data_dir, &conf.name)?;
     let host = connect_host()?;
-    if let Some(path) = env.netns.as_deref() {
-        // The namespace may be gone already: then so is its interface.
-        if let Ok(pod) = netlink::connect_in(path) {
-            if let Some(link) = link_by_name(&pod, &env.ifname)
-                .await
-                .map_err(|e| kernel("read the container's links", e))?
-            {
-                match pod.link().del(link.header.index).execute().await {
-                    Err(e) if errno(&e) != Some(libc::ENODEV) => {
-                        return Err(kernel(&format!("delete {}", env.ifname), e))
-                    }
-                    _ => {}
-                }
-            }
-        }
-    }
-    undo_wiring(&host, &owner).await;
+    undo_wiring(&host, conf, &owner).await;
     leases.release(&owner)?;
     Ok(())
 }
@@ -606,14 +673,10 @@ async fn gc(conf: &NetConf) -> Result<()> {
     if !released.is_empty() {
         tracing::info!(?released, "GC released leases");
     }
+    // Every host end this network made (its alias says so) whose
+    // attachment is not valid goes, attached to the bridge or left
+    // half-made by an interrupted ADD.
     let host = connect_host()?;
-    let Some(bridge) = link_by_name(&host, &conf.bridge)
-        .await
-        .map_err(|e| kernel("read links", e))?
-    else {
-        return Ok(());
-    };
-    let keep: HashSet<String> = valid.iter().map(host_veth_name).collect();
     let links: Vec<LinkMessage> = host
         .link()
         .get()
@@ -622,18 +685,22 @@ async fn gc(conf: &NetConf) -> Result<()> {
         .await
         .map_err(|e| kernel("read links", e))?;
     for link in links {
-        let Some(name) = link_name(&link) else {
+        let half_made = link_alias(&link).is_none() && is_ours(&link, None);
+        let owner = link_alias(&link).and_then(|a| alias_owner(a, &conf.name));
+        if !half_made && owner.as_ref().is_none_or(|o| valid.contains(o)) {
             continue;
-        };
-        let ours = name.starts_with(HOST_VETH_PREFIX) && name.len() == HOST_VETH_PREFIX.len() + 8;
-        if ours && link_controller(&link) == Some(bridge.header.index) && !keep.contains(name) {
-            tracing::info!(link = name, "GC removes stale veth");
-            match host.link().del(link.header.index).execute().await {
-                Err(e) if errno(&e) != Some(libc::ENODEV) => {
-                    return Err(kernel(&format!("delete {name}"), e))
-                }
-                _ => {}
+        }
+        let owner = owner.unwrap_or_else(|| Attachment {
+            container_id: "(unknown)".into(),
+            ifname: String::new(),
+        });
+        let name = link_name(&link).unwrap_or_default().to_string();
+        tracing::info!(link = %name, container = %owner.container_id, "GC removes stale veth");
+        match host.link().del(link.header.index).execute().await {
+            Err(e) if errno(&e) != Some(libc::ENODEV) => {
+                return Err(kernel(&format!("delete {name}"), e))
             }
+            _ => {}
         }
     }
     Ok(())
@@ -657,6 +724,28 @@ mod tests {
         // upgrade still finds the interface ADD made.
         assert_eq!(host_veth_name(&a), "bv2ccb905e");
         assert_ne!(host_veth_name(&a), host_veth_name(&b));
+    }
+
+    #[test]
+    fn aliases_name_network_and_attachment() {
+        let owner = Attachment {
+            container_id: "c.1-x".into(),
+            ifname: "eth0".into(),
+        };
+        let alias = host_veth_alias("net", &owner);
+        assert_eq!(alias_owner(&alias, "net"), Some(owner));
+        assert_eq!(alias_owner(&alias, "ne"), None, "another network's link");
+        assert_eq!(alias_owner("something else", "net"), None);
+    }
+
+    #[test]
+    fn older_versions_do_not_allow_newer_commands() {
+        assert!(check_version_allows(Command::Check, "0.3.1").is_err());
+        assert!(check_version_allows(Command::Check, "0.4.0").is_ok());
+        let e = check_version_allows(Command::Gc, "1.0.0").unwrap_err();
+        assert_eq!(e.code, Code::IncompatibleVersion);
+        assert!(check_version_allows(Command::Status, "1.1.0").is_ok());
+        assert!(check_version_allows(Command::Add, "0.3.0").is_ok());
     }
 
     #[test]

@@ -41,19 +41,32 @@ impl ClusterConfig {
             control_bin: workspace_bin("berth-control"),
             agent_bin: workspace_bin("berth-agent"),
             state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
-            listen: SocketAddr::from(([127, 0, 0, 1], free_port())),
-            metrics_port: free_port(),
+            listen: SocketAddr::from(([127, 0, 0, 1], free_ports(1))),
+            metrics_port: free_ports(MAX_AGENTS),
         }
     }
 }
 
-/// A free loopback port (free when asked: good enough for a test's own
-/// servers).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+/// Agents one test cluster may run (metrics ports reserved for each).
+const MAX_AGENTS: u16 = 8;
+
+/// The first of `n` consecutive loopback ports that were all free, below
+/// the ephemeral range (32768 and up), so outgoing connections of kubectl
+/// and the agents never take them.
+fn free_ports(n: u16) -> u16 {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
         .unwrap_or(0)
+        ^ std::process::id();
+    for attempt in 0..1000u32 {
+        let base = 20_000 + ((seed.wrapping_add(attempt.wrapping_mul(7919))) % 12_000) as u16;
+        let all_free = (0..n).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
+        if all_free {
+            return base;
+        }
+    }
+    0
 }
 
 /// A running cluster.
@@ -187,7 +200,15 @@ impl Cluster {
         let mut cidrs = Vec::new();
         for &p in peers {
             let name = self.testbed.nodes()[p].name();
-            cidrs.push(self.kubectl(&["get", "node", name, "-o", "jsonpath={.spec.podCIDR}"])?);
+            let cidr = self.kubectl(&["get", "node", name, "-o", "jsonpath={.spec.podCIDR}"])?;
+            if cidr.is_empty() {
+                return Err(Error::io(
+                    "read the pod CIDR of",
+                    Path::new(name),
+                    std::io::Error::other("none assigned"),
+                ));
+            }
+            cidrs.push(cidr);
         }
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -195,7 +216,8 @@ impl Cluster {
                 .netns()
                 .ip(&["route", "show", "dev", "berth.1"])
                 .unwrap_or_default();
-            if cidrs.iter().all(|c| routes.contains(&format!("{c} via"))) {
+            let routed = |c: &String| routes.lines().any(|l| l.starts_with(&format!("{c} via ")));
+            if cidrs.iter().all(routed) {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -234,10 +256,7 @@ impl Cluster {
     pub fn start_agent(&self, i: usize, node_ip: Ipv4Addr) -> Result<(), Error> {
         let node = &self.testbed.nodes()[i];
         let dir = self.node_dir(i);
-        let port = self
-            .config
-            .metrics_port
-            .saturating_add(u16::try_from(i).unwrap_or(u16::MAX));
+        let port = self.metrics_port(i);
         let agent = Agent::start(&AgentConfig {
             bin: &self.config.agent_bin,
             kubeconfig: &dir.join("kubeconfig"),
@@ -250,6 +269,28 @@ impl Cluster {
         })?;
         self.agents()[i] = Some(agent);
         Ok(())
+    }
+
+    fn metrics_port(&self, i: usize) -> u16 {
+        self.config
+            .metrics_port
+            .saturating_add(u16::try_from(i).unwrap_or(u16::MAX))
+    }
+
+    /// Node `i`'s agent metrics (Prometheus text), empty when unreachable.
+    pub fn agent_metrics(&self, i: usize) -> String {
+        use std::io::{Read, Write};
+        std::net::TcpStream::connect(("127.0.0.1", self.metrics_port(i)))
+            .and_then(|mut conn| {
+                conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+                conn.write_all(
+                    b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+                )?;
+                let mut body = String::new();
+                conn.read_to_string(&mut body)?;
+                Ok(body)
+            })
+            .unwrap_or_default()
     }
 
     /// Kills node `i`'s agent (SIGKILL: no goodbye); its kernel state stays.

@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -27,6 +28,9 @@ impl Reply {
         self.json.get("code").and_then(Value::as_u64)
     }
 }
+
+/// How long one plugin call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `plugin` inside `node` with exactly `vars` (plus `PATH`) and
 /// `stdin`.
@@ -51,6 +55,20 @@ pub fn call(
     let mut child = cmd.spawn().map_err(spawn_error)?;
     if let Some(mut input) = child.stdin.take() {
         input.write_all(stdin).map_err(spawn_error)?;
+    }
+    // A plugin stuck (on its lease lock, say) fails the test instead of
+    // hanging it.
+    let deadline = Instant::now() + CALL_TIMEOUT;
+    while child.try_wait().map_err(spawn_error)?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(spawn_error(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(1));
     }
     let out = child.wait_with_output().map_err(spawn_error)?;
     let json = if out.stdout.iter().all(u8::is_ascii_whitespace) {

@@ -5,6 +5,8 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use berth_cni::config::Attachment;
+use berth_cni::plugin::temp_peer_name;
 use berth_tests::cni::{call, workspace_bin, Reply};
 use berth_tests::traffic::tcp_exchange;
 use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
@@ -352,6 +354,17 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         ("CNI_NETNS", "/run/netns/berth-no-such-ns"),
         ("CNI_IFNAME", "eth0"),
     ];
+    let not_a_netns = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", "c"),
+        ("CNI_NETNS", "/etc/hostname"),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let gc = [("CNI_COMMAND", "GC")];
+    let mut old_gc = good.clone();
+    old_gc["cniVersion"] = json!("1.0.0");
+    old_gc["cni.dev/valid-attachments"] = json!([]);
+    let old_gc = serde_json::to_vec(&old_gc).expect("encode");
     let cases: Vec<BadCall> = vec![
         ("no CNI_COMMAND", without("CNI_COMMAND"), &stdin, 4),
         ("no CNI_NETNS", without("CNI_NETNS"), &stdin, 4),
@@ -364,6 +377,13 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         ),
         ("bad CIDR", base.to_vec(), &bad_subnet, 7),
         ("unknown namespace", missing_ns.to_vec(), &stdin, 3),
+        (
+            "a file that is no namespace",
+            not_a_netns.to_vec(),
+            &stdin,
+            3,
+        ),
+        ("GC in a 1.0.0 configuration", gc.to_vec(), &old_gc, 1),
     ];
     for (what, vars, input, code) in cases {
         let reply = call(&setup.plugin, node.netns(), &vars, input).expect("run berth-cni");
@@ -385,4 +405,58 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         "bad input created lease state"
     );
     assert!(pod.ip(&["link", "show", "eth0"]).is_err());
+}
+
+#[test]
+fn an_add_that_fails_after_wiring_began_leaves_nothing_behind() {
+    let setup = Setup::new(1);
+    let node = setup.node();
+    let conf = setup.conf("10.244.7.0/24");
+    let pod = node.add_pod("clash").expect("pod");
+    // A link in the pod with the name the pod end has while it moves: the
+    // move fails after the veth pair and the lease exist.
+    let owner = Attachment {
+        container_id: "ctr-clash".into(),
+        ifname: "eth0".into(),
+    };
+    let clash = temp_peer_name(&owner);
+    pod.ip(&[
+        "link",
+        "add",
+        &clash,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "clash-peer",
+    ])
+    .expect("clashing link");
+    let before = node_links(node);
+
+    let reply = setup.call("ADD", "ctr-clash", Some(&pod), &conf);
+    assert!(!reply.success, "ADD succeeded despite the clash");
+    assert_eq!(reply.code(), Some(101), "{}", reply.json);
+    assert!(
+        setup.leases().is_empty(),
+        "lease left: {:?}",
+        setup.leases()
+    );
+    assert!(
+        setup.host_veths().is_empty(),
+        "veth left: {:?}",
+        setup.host_veths()
+    );
+    // The bridge may stay (node infrastructure, as with the reference
+    // plugin); nothing else is new on the node.
+    let after: Vec<String> = node_links(node)
+        .into_iter()
+        .filter(|l| l != "berth0")
+        .collect();
+    assert_eq!(after, before);
+    assert!(pod.ip(&["link", "show", "eth0"]).is_err());
+
+    // Once the clash is gone, the same ADD works.
+    pod.ip(&["link", "del", &clash])
+        .expect("remove the clashing link");
+    setup.add("ctr-clash", &pod, &conf);
 }

@@ -271,7 +271,14 @@ fn overlay_follows_deleted_and_moved_nodes_survives_agent_restarts_and_repairs_i
     assert_eq!(
         n0_entries_for_n1(&overlay_entries(n0)),
         before,
-        "n1's entries were touched"
+        "n1's entries changed"
+    );
+    // Exactly n2's three entries were removed: nothing was flushed and
+    // re-added (which the text above could not tell).
+    let metrics = cluster.agent_metrics(0);
+    assert!(
+        metrics.contains("berth_agent_overlay_changes_total 3\n"),
+        "{metrics}"
     );
 
     // The VXLAN device deleted behind the agent's back comes back, entries and all.

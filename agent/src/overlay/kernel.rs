@@ -14,7 +14,9 @@ use netlink_packet_route::link::{
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteProtocol};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteProtocol, RouteScope,
+};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkUnspec, LinkVxlan, RouteMessageBuilder};
 
@@ -38,6 +40,9 @@ pub enum KernelError {
     /// The underlay interface cannot be found.
     #[error("underlay interface: {0}")]
     Underlay(String),
+    /// Some changes of a reconciliation failed (the others were made).
+    #[error("{} overlay change(s) failed: {}", .0.len(), .0.join("; "))]
+    Changes(Vec<String>),
 }
 
 fn netlink(op: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> KernelError {
@@ -383,9 +388,12 @@ pub async fn apply(handle: &Handle, index: u32, change: &Change) -> Result<(), K
     let op = change.to_string();
     let result = match *change {
         Change::DelRoute(cidr) => {
+            // Protocol and scope unset: matches the route whoever added it.
             let route = RouteMessageBuilder::<Ipv4Addr>::new()
                 .destination_prefix(cidr.network(), cidr.prefix())
                 .output_interface(index)
+                .protocol(RouteProtocol::Unspec)
+                .scope(RouteScope::NoWhere)
                 .build();
             handle.route().del(route).execute().await
         }

@@ -11,6 +11,7 @@
 pub mod kernel;
 pub mod peers;
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use crate::caches::Cached;
 use crate::config::OverlayConfig;
 use crate::metrics::Metrics;
 use kernel::{DeviceSpec, KernelError};
-use peers::Mac;
+use peers::{Mac, Me, Peer};
 
 /// The node's VTEP MAC: derived from its name, so it is the same after a
 /// restart or a reboot and peers' entries stay valid (locally administered
@@ -37,8 +38,19 @@ pub fn vtep_mac(node: &str) -> Mac {
 #[derive(Debug)]
 pub struct Overlay {
     handle: Handle,
+    config: OverlayConfig,
     spec: DeviceSpec,
-    node: String,
+    me: Me,
+    last_good: BTreeMap<String, Peer>,
+}
+
+/// What one reconciliation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncReport {
+    /// Peers reached.
+    pub peers: usize,
+    /// Kernel changes made.
+    pub changes: usize,
 }
 
 impl Overlay {
@@ -65,8 +77,14 @@ impl Overlay {
         kernel::ensure_device(&handle, &spec).await?;
         Ok(Overlay {
             handle,
+            config: config.clone(),
             spec,
-            node: node.to_string(),
+            me: Me {
+                name: node.to_string(),
+                pod_cidr,
+                underlay: node_ip,
+            },
+            last_good: BTreeMap::new(),
         })
     }
 
@@ -80,27 +98,59 @@ impl Overlay {
         self.spec.mac
     }
 
-    /// Takes the kernel to what `nodes` need; returns the number of
-    /// changes made.
-    pub async fn sync(&self, nodes: &[Arc<Node>]) -> Result<usize, KernelError> {
+    /// Takes the kernel to what `nodes` need. Every change is tried even
+    /// when one fails (the failures are returned together), so one bad
+    /// entry never holds up the others.
+    pub async fn sync(&mut self, nodes: &[Arc<Node>]) -> Result<SyncReport, KernelError> {
+        // The underlay may have been recreated (new index) or changed MTU.
+        let underlay = kernel::underlay(
+            &self.handle,
+            self.config.underlay_interface.as_deref(),
+            self.me.underlay,
+        )
+        .await?;
+        if underlay != self.spec.underlay {
+            if underlay.mtu != self.spec.underlay.mtu {
+                tracing::warn!(
+                    old = self.spec.underlay.mtu,
+                    new = underlay.mtu,
+                    "underlay MTU changed; pods keep the MTU they were given until they are recreated"
+                );
+            }
+            self.spec.underlay = underlay;
+        }
         let (index, created) = kernel::ensure_device(&self.handle, &self.spec).await?;
         if created {
-            tracing::warn!(device = %self.spec.name, "VXLAN device was missing; recreated");
+            tracing::warn!(device = %self.spec.name, "VXLAN device was missing or wrong; recreated");
         }
-        let peers = peers::peers(nodes.iter().map(AsRef::as_ref), &self.node);
+        let peers = peers::peers(
+            nodes.iter().map(AsRef::as_ref),
+            &self.me,
+            &mut self.last_good,
+        );
         let installed = kernel::installed(&self.handle, index).await?;
         let changes = peers::plan(&peers, &installed);
+        let mut failures = Vec::new();
         for change in &changes {
             tracing::info!(device = %self.spec.name, %change, "overlay");
-            kernel::apply(&self.handle, index, change).await?;
+            if let Err(e) = kernel::apply(&self.handle, index, change).await {
+                tracing::warn!(device = %self.spec.name, %change, error = %e, "overlay change failed");
+                failures.push(e.to_string());
+            }
         }
-        Ok(changes.len())
+        if !failures.is_empty() {
+            return Err(KernelError::Changes(failures));
+        }
+        Ok(SyncReport {
+            peers: peers.len(),
+            changes: changes.len(),
+        })
     }
 
     /// Reconciles on every change of the Node cache and every `resync`,
     /// forever. Waits for the cache's first full list before the first
     /// pass, so entries of live nodes are never taken for stale ones.
-    pub async fn run(self, mut nodes: Cached<Node>, resync: Duration, metrics: Arc<Metrics>) {
+    pub async fn run(mut self, mut nodes: Cached<Node>, resync: Duration, metrics: Arc<Metrics>) {
         if nodes.store.wait_until_ready().await.is_err() {
             tracing::error!("node cache closed before its first list; overlay stopped");
             return;
@@ -111,11 +161,10 @@ impl Overlay {
             let started = Instant::now();
             let state = nodes.store.state();
             match self.sync(&state).await {
-                Ok(changes) => {
+                Ok(report) => {
                     metrics.overlay_syncs.inc();
-                    metrics.overlay_changes.inc_by(changes as u64);
-                    let peers = peers::peers(state.iter().map(AsRef::as_ref), &self.node).len();
-                    metrics.overlay_peers.set(peers as i64);
+                    metrics.overlay_changes.inc_by(report.changes as u64);
+                    metrics.overlay_peers.set(report.peers as i64);
                     metrics
                         .overlay_sync_seconds
                         .set(started.elapsed().as_secs_f64());

@@ -70,21 +70,89 @@ impl Peer {
     }
 }
 
-/// The peers among `nodes`: every node but `me` that is complete.
-pub fn peers<'a>(nodes: impl IntoIterator<Item = &'a Node>, me: &str) -> Vec<Peer> {
-    let mut peers: Vec<Peer> = nodes
-        .into_iter()
-        .filter(|n| n.metadata.name.as_deref() != Some(me))
-        .filter_map(|n| match Peer::from_node(n) {
-            Ok(peer) => Some(peer),
-            Err(why) => {
-                tracing::debug!(node = n.metadata.name.as_deref().unwrap_or(""), %why, "not a peer yet");
-                None
+/// This node, as the overlay sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Me {
+    /// Node name.
+    pub name: String,
+    /// Its pod CIDR.
+    pub pod_cidr: Ipv4Network,
+    /// Its underlay address.
+    pub underlay: Ipv4Addr,
+}
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The peers among `nodes`. `last_good` carries each node's last complete
+/// view between calls: a Node that is briefly incomplete (re-registered,
+/// an annotation edited away) keeps its entries; only a Node that is gone
+/// loses them. A peer that would clash with this node or with an earlier
+/// peer (overlapping pod CIDR, same underlay address or VTEP MAC) is left
+/// out with a warning: its route would replace ours, or another's.
+pub fn peers<'a>(
+    nodes: impl IntoIterator<Item = &'a Node>,
+    me: &Me,
+    last_good: &mut BTreeMap<String, Peer>,
+) -> Vec<Peer> {
+    let mut present = BTreeSet::new();
+    for node in nodes {
+        let Some(name) = node.metadata.name.clone() else {
+            continue;
+        };
+        if name == me.name {
+            continue;
+        }
+        match Peer::from_node(node) {
+            Ok(peer) => {
+                last_good.insert(name.clone(), peer);
             }
-        })
-        .collect();
-    peers.sort_by(|a, b| a.node.cmp(&b.node));
-    peers
+            Err(why) if last_good.contains_key(&name) => {
+                tracing::debug!(node = %name, %why, "incomplete Node; keeping its last complete view");
+            }
+            Err(why) => tracing::debug!(node = %name, %why, "not a peer yet"),
+        }
+        present.insert(name);
+    }
+    last_good.retain(|name, _| present.contains(name));
+    let mut accepted: Vec<Peer> = Vec::new();
+    for peer in last_good.values() {
+        let clash = if overlaps(peer.pod_cidr, me.pod_cidr) {
+            Some(format!(
+                "its pod CIDR {} overlaps this node's {}",
+                peer.pod_cidr, me.pod_cidr
+            ))
+        } else if peer.underlay == me.underlay {
+            Some(format!(
+                "it claims this node's underlay address {}",
+                me.underlay
+            ))
+        } else {
+            accepted.iter().find_map(|other| {
+                if overlaps(peer.pod_cidr, other.pod_cidr) {
+                    Some(format!(
+                        "its pod CIDR {} overlaps {}'s",
+                        peer.pod_cidr, other.node
+                    ))
+                } else if peer.underlay == other.underlay || peer.mac == other.mac {
+                    Some(format!(
+                        "it shares underlay address or VTEP MAC with {}",
+                        other.node
+                    ))
+                } else {
+                    None
+                }
+            })
+        };
+        match clash {
+            Some(why) => {
+                tracing::warn!(node = %peer.node, %why, "not reaching this node over the overlay")
+            }
+            None => accepted.push(peer.clone()),
+        }
+    }
+    accepted
 }
 
 /// What the kernel holds on the VXLAN device.
@@ -247,9 +315,86 @@ mod tests {
             node("n3", Some("10.244.3.0/24"), None, Some("172.30.0.4")),
             node("n4", Some("10.244.4.0/24"), Some("zz"), Some("172.30.0.5")),
         ];
-        let found = peers(&nodes, "n0");
+        let mut last_good = BTreeMap::new();
+        let found = peers(&nodes, &me(), &mut last_good);
         assert_eq!(found, vec![peer("n1", 1, 2, 2)]);
         assert_eq!(found[0].vtep_ip(), Ipv4Addr::new(10, 244, 1, 0));
+    }
+
+    fn me() -> Me {
+        Me {
+            name: "n0".into(),
+            pod_cidr: "10.244.0.0/24".parse().unwrap(),
+            underlay: Ipv4Addr::new(172, 30, 0, 1),
+        }
+    }
+
+    #[test]
+    fn an_incomplete_node_keeps_its_entries_until_it_is_gone() {
+        let complete = node(
+            "n1",
+            Some("10.244.1.0/24"),
+            Some("0e:00:00:00:00:02"),
+            Some("172.30.0.2"),
+        );
+        let bare = node("n1", Some("10.244.1.0/24"), None, None);
+        let mut last_good = BTreeMap::new();
+        assert_eq!(peers([&complete], &me(), &mut last_good).len(), 1);
+        assert_eq!(
+            peers([&bare], &me(), &mut last_good),
+            vec![peer("n1", 1, 2, 2)]
+        );
+        assert!(
+            peers([], &me(), &mut last_good).is_empty(),
+            "a deleted Node goes"
+        );
+        assert!(
+            peers([&bare], &me(), &mut last_good).is_empty(),
+            "and is forgotten"
+        );
+    }
+
+    #[test]
+    fn clashing_peers_are_left_out() {
+        let nodes = [
+            // Overlaps this node's pod CIDR: its route would replace ours.
+            node(
+                "a",
+                Some("10.244.0.0/16"),
+                Some("0e:00:00:00:00:0a"),
+                Some("172.30.0.10"),
+            ),
+            node(
+                "b",
+                Some("10.244.2.0/24"),
+                Some("0e:00:00:00:00:0b"),
+                Some("172.30.0.11"),
+            ),
+            // Same CIDR as b.
+            node(
+                "c",
+                Some("10.244.2.0/24"),
+                Some("0e:00:00:00:00:0c"),
+                Some("172.30.0.12"),
+            ),
+            // Same MAC as b.
+            node(
+                "d",
+                Some("10.244.4.0/24"),
+                Some("0e:00:00:00:00:0b"),
+                Some("172.30.0.13"),
+            ),
+            // This node's underlay address.
+            node(
+                "e",
+                Some("10.244.5.0/24"),
+                Some("0e:00:00:00:00:0e"),
+                Some("172.30.0.1"),
+            ),
+        ];
+        let found = peers(&nodes, &me(), &mut BTreeMap::new());
+        let names: Vec<&str> = found.iter().map(|p| p.node.as_str()).collect();
+        assert_eq!(names, vec!["b"]);
     }
 
     #[test]
