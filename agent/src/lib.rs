@@ -6,6 +6,7 @@
 //!   the control plane judges node health by;
 //! - [`overlay`]: the VXLAN overlay to the other nodes' pod CIDRs;
 //! - [`cni_conf`]: the CNI configuration for the node's runtime;
+//! - [`masquerade`]: keeps pod traffic leaving the cluster masqueraded;
 //! - [`caches`]: the API watches every subsystem reads;
 //! - [`config`]: the configuration file and its defaults;
 //! - [`metrics`]: what the agent exposes to Prometheus.
@@ -16,6 +17,7 @@ pub mod caches;
 pub mod cni_conf;
 pub mod config;
 pub mod lease;
+pub mod masquerade;
 pub mod metrics;
 pub mod node;
 pub mod overlay;

@@ -11,6 +11,7 @@ use berth_agent::caches::Caches;
 use berth_agent::cni_conf;
 use berth_agent::config::Config;
 use berth_agent::lease;
+use berth_agent::masquerade::Masquerade;
 use berth_agent::metrics::Metrics;
 use berth_agent::node::{self, NodeInfo};
 use berth_agent::overlay::peers::{UNDERLAY_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
@@ -199,6 +200,18 @@ async fn run(config: Config) -> anyhow::Result<()> {
         )
     })?;
     tracing::info!(conflist = %path.display(), mtu = overlay.mtu(), "CNI configuration written");
+    if config.cni.ip_masq {
+        let masquerade = Masquerade {
+            netns: config.netns.clone(),
+            network: cni_conf::NETWORK_NAME.to_string(),
+            pod_cidr,
+            cluster_cidr: config.cni.cluster_cidr,
+        };
+        tokio::spawn(masquerade.run(
+            Duration::from_secs(config.overlay.resync_seconds),
+            Arc::clone(&metrics),
+        ));
+    }
     tokio::spawn(overlay.run(
         caches.nodes.clone(),
         Duration::from_secs(config.overlay.resync_seconds),

@@ -28,6 +28,8 @@ pub struct Metrics {
     pub overlay_peers: Gauge,
     /// Duration of the last overlay reconciliation.
     pub overlay_sync_seconds: Gauge<f64, AtomicU64>,
+    /// Times the masquerade rule was found missing and installed.
+    pub masquerade_repairs: Counter,
 }
 
 impl Default for Metrics {
@@ -81,8 +83,15 @@ impl Default for Metrics {
             "Duration of the last overlay reconciliation",
             overlay_sync_seconds.clone(),
         );
+        let masquerade_repairs = Counter::default();
+        registry.register(
+            "masquerade_repairs",
+            "Times the masquerade rule was found missing and installed",
+            masquerade_repairs.clone(),
+        );
         Metrics {
             registry,
+            masquerade_repairs,
             heartbeats,
             heartbeat_failures,
             last_heartbeat,

@@ -131,8 +131,10 @@ impl Leases {
         self.write(
             &ip.to_string(),
             &format!("{}\n{}\n", owner.container_id, owner.ifname),
+            true,
         )?;
-        self.write(LAST_RESERVED, &ip.to_string())?;
+        // Only a hint for the next search: not worth an fsync.
+        self.write(LAST_RESERVED, &ip.to_string(), false)?;
         Ok(ip)
     }
 
@@ -181,14 +183,14 @@ impl Leases {
             .ok()
     }
 
-    /// Writes `name` atomically (temporary file, fsync, rename), so a crash
-    /// leaves either the old lease state or the new one.
-    fn write(&self, name: &str, contents: &str) -> Result<()> {
+    /// Writes `name` atomically (temporary file, fsync when `durable`,
+    /// rename), so a crash leaves either the old lease state or the new one.
+    fn write(&self, name: &str, contents: &str, durable: bool) -> Result<()> {
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!(".{name}.tmp"));
         let mut file = File::create(&tmp).map_err(|e| io_error("write a lease", &tmp, e))?;
         file.write_all(contents.as_bytes())
-            .and_then(|()| file.sync_all())
+            .and_then(|()| if durable { file.sync_all() } else { Ok(()) })
             .map_err(|e| io_error("write a lease", &tmp, e))?;
         fs::rename(&tmp, &path).map_err(|e| io_error("write a lease", &path, e))
     }

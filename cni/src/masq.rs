@@ -3,11 +3,10 @@
 //! Debian's nftables).
 
 use std::io::Write;
+use std::path::Path;
 use std::process::{Command, Stdio};
 
 use ipnetwork::Ipv4Network;
-
-use crate::error::{CniError, Code, Result};
 
 /// The table holding one masquerade chain per network.
 pub const TABLE: &str = "berth_cni";
@@ -38,32 +37,72 @@ pub fn script(network: &str, subnet: Ipv4Network, cluster: Ipv4Network) -> Strin
     )
 }
 
-/// Applies [`script`] in the current network namespace.
-pub fn ensure(network: &str, subnet: Ipv4Network, cluster: Ipv4Network) -> Result<()> {
-    let nft_error = |e: &dyn std::fmt::Display| {
-        CniError::new(
-            Code::Kernel,
-            "cannot set up masquerading with nft (package nftables)",
-            e,
-        )
+/// nft failed or is missing.
+#[derive(Debug, thiserror::Error)]
+#[error("nft (package nftables): {0}")]
+pub struct MasqError(String);
+
+/// Runs `nft ARGS` with `stdin`, in the namespace at `netns` (through
+/// `nsenter`) or the current one; returns stdout.
+fn nft(netns: Option<&Path>, args: &[&str], stdin: &str) -> Result<String, MasqError> {
+    let mut cmd = match netns {
+        Some(path) => {
+            let mut cmd = Command::new("nsenter");
+            cmd.arg(format!("--net={}", path.display())).arg("nft");
+            cmd
+        }
+        None => Command::new("nft"),
     };
-    let mut child = Command::new("nft")
-        .args(["-f", "-"])
+    let mut child = cmd
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| nft_error(&e))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script(network, subnet, cluster).as_bytes())
-            .map_err(|e| nft_error(&e))?;
+        .map_err(|e| MasqError(e.to_string()))?;
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .map_err(|e| MasqError(e.to_string()))?;
     }
-    let out = child.wait_with_output().map_err(|e| nft_error(&e))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| MasqError(e.to_string()))?;
     if out.status.success() {
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        Err(nft_error(&String::from_utf8_lossy(&out.stderr).trim()))
+        Err(MasqError(
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        ))
+    }
+}
+
+/// Applies [`script`] in the namespace at `netns` (or the current one).
+pub fn apply(
+    netns: Option<&Path>,
+    network: &str,
+    subnet: Ipv4Network,
+    cluster: Ipv4Network,
+) -> Result<(), MasqError> {
+    nft(netns, &["-f", "-"], &script(network, subnet, cluster)).map(drop)
+}
+
+/// Whether the chain of `network` holds exactly the rule [`script`] makes.
+pub fn present(
+    netns: Option<&Path>,
+    network: &str,
+    subnet: Ipv4Network,
+    cluster: Ipv4Network,
+) -> Result<bool, MasqError> {
+    let chain = chain_name(network);
+    match nft(netns, &["list", "chain", "ip", TABLE, &chain], "") {
+        Ok(listing) => {
+            let rule = format!("ip saddr {subnet} ip daddr != {cluster} masquerade");
+            Ok(listing.matches("masquerade").count() == 1 && listing.contains(&rule))
+        }
+        // No such table or chain.
+        Err(MasqError(why)) if why.contains("No such file or directory") => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

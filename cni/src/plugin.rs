@@ -13,7 +13,7 @@ use std::path::Path;
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use netlink_packet_route::AddressFamily;
 use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
@@ -129,12 +129,6 @@ pub fn host_veth_name(owner: &Attachment) -> String {
     format!("{HOST_VETH_PREFIX}{:08x}", fnv1a(owner) as u32)
 }
 
-/// Name of the pod end while it is still in the host namespace (public
-/// for tests that provoke a clash).
-pub fn temp_peer_name(owner: &Attachment) -> String {
-    format!("bp{:08x}", fnv1a(owner) as u32)
-}
-
 /// A stable hash of the attachment: id, NUL, ifname.
 fn fnv1a(owner: &Attachment) -> u64 {
     let key = [owner.container_id.as_bytes(), &[0], owner.ifname.as_bytes()].concat();
@@ -216,15 +210,22 @@ async fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value> {
         path: netns_path,
     };
     let wired = async {
-        let bridge = ensure_bridge(&host, conf).await?;
+        let (bridge, node_setup) = ensure_bridge(&host, conf).await?;
         enable_forwarding()?;
-        wire_pod(&host, &sandbox, &bridge, conf, &owner, ip).await
+        let ours = wire_pod(&host, &sandbox, &bridge, conf, &owner, ip).await?;
+        Ok((ours, node_setup))
     };
     match wired.await {
-        Ok(mut ours) => {
-            if conf.ip_masq {
+        // Masquerading is node setup: stated when the bridge or its
+        // gateway address had to be made (first ADD after a boot). The
+        // agent keeps it in place afterwards; one nft run per ADD would
+        // double ADD's time.
+        Ok((mut ours, node_setup)) => {
+            if conf.ip_masq && node_setup {
                 if let Some(cluster) = conf.cluster_cidr {
-                    if let Err(e) = masq::ensure(&conf.name, conf.subnet, cluster) {
+                    if let Err(e) = masq::apply(None, &conf.name, conf.subnet, cluster)
+                        .map_err(|e| kernel("set up masquerading", e))
+                    {
                         undo_wiring(&host, conf, &owner).await;
                         leases.release(&owner)?;
                         return Err(e);
@@ -251,13 +252,16 @@ async fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value> {
 }
 
 /// The bridge, created with the gateway address when missing; idempotent.
-async fn ensure_bridge(host: &Handle, conf: &NetConf) -> Result<LinkMessage> {
+/// Also says whether anything had to be made (node setup).
+async fn ensure_bridge(host: &Handle, conf: &NetConf) -> Result<(LinkMessage, bool)> {
+    let mut made = false;
     let link = match link_by_name(host, &conf.bridge)
         .await
         .map_err(|e| kernel("read links", e))?
     {
         Some(link) => link,
         None => {
+            made = true;
             match host
                 .link()
                 .add(
@@ -305,6 +309,7 @@ async fn ensure_bridge(host: &Handle, conf: &NetConf) -> Result<LinkMessage> {
         .map_err(|e| kernel("read the bridge's addresses", e))?
         .is_some();
     if !has_gateway {
+        made = true;
         host.address()
             .add(index, IpAddr::V4(gateway), conf.subnet.prefix())
             .replace()
@@ -322,7 +327,7 @@ async fn ensure_bridge(host: &Handle, conf: &NetConf) -> Result<LinkMessage> {
         .execute()
         .await
         .map_err(|e| kernel(&format!("bring {} up", conf.bridge), e))?;
-    Ok(link)
+    Ok((link, made))
 }
 
 /// The bridge's MAC, fixed and derived from its gateway address
@@ -357,7 +362,29 @@ struct Sandbox<'a> {
     path: &'a Path,
 }
 
-/// Creates the veth pair, moves one end into the pod and configures both.
+/// A veth pair whose host end is `host_name` here and whose other end is
+/// `ifname` in the namespace `netns`, made in one request: no move between
+/// namespaces afterwards (a move waits for an RCU grace period, which
+/// dominated ADD's time).
+fn veth_into(host_name: &str, ifname: &str, mtu: u32, netns: &File) -> LinkMessage {
+    let peer = LinkUnspec::new_with_name(ifname)
+        .mtu(mtu)
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    let mut message = LinkVeth::new(host_name, ifname).mtu(mtu).build();
+    for attr in &mut message.attributes {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos {
+                if let LinkInfo::Data(InfoData::Veth(data)) = info {
+                    *data = InfoVeth::Peer(peer.clone());
+                }
+            }
+        }
+    }
+    message
+}
+
+/// Creates the veth pair with one end in the pod and configures both.
 async fn wire_pod(
     host: &Handle,
     sandbox: &Sandbox<'_>,
@@ -372,29 +399,31 @@ async fn wire_pod(
         path: sandbox,
     } = *sandbox;
     let host_name = host_veth_name(owner);
-    let peer_name = temp_peer_name(owner);
     // A leftover from an interrupted ADD of the same attachment goes first.
     undo_wiring(host, conf, owner).await;
     host.link()
-        .add(LinkVeth::new(&host_name, &peer_name).mtu(conf.mtu).build())
+        .add(veth_into(&host_name, &owner.ifname, conf.mtu, netns))
         .execute()
         .await
-        .map_err(|e| kernel(&format!("create veth {host_name}"), e))?;
+        .map_err(|e| {
+            kernel(
+                &format!(
+                    "create veth {host_name} with {} in the container",
+                    owner.ifname
+                ),
+                e,
+            )
+        })?;
     let host_link = link_by_name(host, &host_name)
         .await
         .map_err(|e| kernel("read links", e))?
         .ok_or_else(|| kernel("find the new veth", &host_name))?;
-    let peer = link_by_name(host, &peer_name)
-        .await
-        .map_err(|e| kernel("read links", e))?
-        .ok_or_else(|| kernel("find the new veth peer", &peer_name))?;
     let host_index = host_link.header.index;
     // The alias marks the pair as this attachment's (the kernel takes it
     // on a change, not at creation): set at once, before anything can fail.
     host.link()
         .change(
             LinkUnspec::new_with_index(host_index)
-                .mtu(conf.mtu)
                 .controller(bridge.header.index)
                 .alias(host_veth_alias(&conf.name, owner))
                 .up()
@@ -403,16 +432,6 @@ async fn wire_pod(
         .execute()
         .await
         .map_err(|e| kernel(&format!("attach {host_name} to {}", conf.bridge), e))?;
-    host.link()
-        .change(
-            LinkUnspec::new_with_index(peer.header.index)
-                .mtu(conf.mtu)
-                .setns_by_fd(netns.as_raw_fd())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| kernel("move the veth into the container", e))?;
     if conf.hairpin {
         host.link()
             .set_port(LinkBridgePort::new(host_index).hairpin(true).build())
@@ -421,25 +440,12 @@ async fn wire_pod(
             .map_err(|e| kernel(&format!("set hairpin on {host_name}"), e))?;
     }
 
-    let moved = link_by_name(pod, &peer_name)
+    let index = link_by_name(pod, &owner.ifname)
         .await
         .map_err(|e| kernel("read the container's links", e))?
-        .ok_or_else(|| kernel("find the veth in the container", &peer_name))?;
-    let index = moved.header.index;
-    pod.link()
-        .change(
-            LinkUnspec::new_with_index(index)
-                .name(owner.ifname.clone())
-                .build(),
-        )
-        .execute()
-        .await
-        .map_err(|e| {
-            kernel(
-                &format!("rename the container's interface to {}", owner.ifname),
-                e,
-            )
-        })?;
+        .ok_or_else(|| kernel("find the veth in the container", &owner.ifname))?
+        .header
+        .index;
     pod.address()
         .add(index, IpAddr::V4(ip), conf.subnet.prefix())
         .execute()

@@ -5,8 +5,6 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use berth_cni::config::Attachment;
-use berth_cni::plugin::temp_peer_name;
 use berth_tests::cni::{call, workspace_bin, Reply};
 use berth_tests::traffic::tcp_exchange;
 use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
@@ -413,24 +411,17 @@ fn an_add_that_fails_after_wiring_began_leaves_nothing_behind() {
     let node = setup.node();
     let conf = setup.conf("10.244.7.0/24");
     let pod = node.add_pod("clash").expect("pod");
-    // A link in the pod with the name the pod end has while it moves: the
-    // move fails after the veth pair and the lease exist.
-    let owner = Attachment {
-        container_id: "ctr-clash".into(),
-        ifname: "eth0".into(),
-    };
-    let clash = temp_peer_name(&owner);
+    // The pod already has a default route (another interface's): adding
+    // ours fails after the veth pair and the lease exist.
     pod.ip(&[
-        "link",
-        "add",
-        &clash,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        "clash-peer",
+        "link", "add", "other0", "type", "veth", "peer", "name", "other1",
     ])
-    .expect("clashing link");
+    .expect("another interface");
+    pod.ip(&["addr", "add", "192.168.99.1/24", "dev", "other0"])
+        .expect("address");
+    pod.ip(&["link", "set", "other0", "up"]).expect("up");
+    pod.ip(&["route", "add", "default", "via", "192.168.99.2"])
+        .expect("default route");
     let before = node_links(node);
 
     let reply = setup.call("ADD", "ctr-clash", Some(&pod), &conf);
@@ -456,7 +447,7 @@ fn an_add_that_fails_after_wiring_began_leaves_nothing_behind() {
     assert!(pod.ip(&["link", "show", "eth0"]).is_err());
 
     // Once the clash is gone, the same ADD works.
-    pod.ip(&["link", "del", &clash])
-        .expect("remove the clashing link");
+    pod.ip(&["route", "del", "default"])
+        .expect("remove the other default route");
     setup.add("ctr-clash", &pod, &conf);
 }

@@ -172,6 +172,37 @@ fn pods_on_different_nodes_reach_each_other_by_ip_over_tcp_and_udp_at_the_pod_mt
         too_big.is_err(),
         "a datagram over the MTU with DF set was sent"
     );
+
+    // Leaving the cluster CIDR (to a host on the underlay, which has no
+    // route back to pods), pod traffic takes the node's address; the agent
+    // restores the rule when something flushes it away.
+    let underlay = cluster.testbed().underlay();
+    let host = Ipv4Addr::new(172, 30, 0, 254);
+    underlay
+        .ip(&["addr", "add", &format!("{host}/24"), "dev", "ul0"])
+        .expect("a host on the underlay");
+    assert_eq!(
+        tcp_exchange(underlay, host, &pods[0].0).ip(),
+        nodes[0].underlay_ip()
+    );
+    let repairs = || {
+        cluster
+            .agent_metrics(0)
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_agent_masquerade_repairs_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = repairs();
+    let mut flush = nodes[0].netns().command("nft").expect("nft");
+    berth_tests::run(flush.args(["flush", "ruleset"])).expect("flush ruleset");
+    wait_until(&cluster, "n0's agent restores the masquerade rule", || {
+        repairs() > before
+    });
+    assert_eq!(
+        tcp_exchange(underlay, host, &pods[0].0).ip(),
+        nodes[0].underlay_ip()
+    );
 }
 
 /// A line echo over a long-lived TCP connection.
