@@ -3,7 +3,8 @@
 //! the kind's change signal fires, and reconciles the kernel toward it.
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::reflector::{self, reflector, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
@@ -23,6 +24,10 @@ pub struct Cached<K: kube::Resource<DynamicType = ()> + Clone + 'static> {
 pub struct Caches {
     /// Every Node of the cluster (the overlay's peers).
     pub nodes: Cached<Node>,
+    /// Every Service (the load balancer's frontends).
+    pub services: Cached<Service>,
+    /// Every EndpointSlice (the load balancer's backends).
+    pub endpoint_slices: Cached<EndpointSlice>,
 }
 
 impl Caches {
@@ -30,7 +35,9 @@ impl Caches {
     /// long as the runtime does.
     pub fn start(client: kube::Client) -> Self {
         Caches {
-            nodes: cache(Api::<Node>::all(client), "nodes"),
+            nodes: cache(Api::<Node>::all(client.clone()), "nodes"),
+            services: cache(Api::<Service>::all(client.clone()), "services"),
+            endpoint_slices: cache(Api::<EndpointSlice>::all(client), "endpointslices"),
         }
     }
 }

@@ -36,6 +36,47 @@ pub struct Config {
     pub overlay: OverlayConfig,
     /// The CNI configuration the agent writes for the node's runtime.
     pub cni: CniConfig,
+    /// Service load balancing in eBPF.
+    pub services: ServicesConfig,
+}
+
+/// Service load balancing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    /// bpffs directory for the node's maps and links.
+    pub pin_dir: PathBuf,
+    /// cgroup2 directory whose processes are load-balanced; unset: the
+    /// machine's cgroup2 root (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
+    /// on a hybrid v1/v2 machine). Simulated nodes set their own subtree.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            pin_dir: PathBuf::from("/sys/fs/bpf/berth"),
+            cgroup: None,
+        }
+    }
+}
+
+impl ServicesConfig {
+    /// The cgroup2 directory to attach to.
+    pub fn cgroup(&self) -> PathBuf {
+        if let Some(path) = &self.cgroup {
+            return path.clone();
+        }
+        let is_cgroup2 = |p: &str| {
+            nix::sys::statfs::statfs(p)
+                .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+        };
+        if is_cgroup2("/sys/fs/cgroup") {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            PathBuf::from("/sys/fs/cgroup/unified")
+        }
+    }
 }
 
 /// The VXLAN overlay.
@@ -86,6 +127,7 @@ impl Default for Config {
             netns: None,
             overlay: OverlayConfig::default(),
             cni: CniConfig::default(),
+            services: ServicesConfig::default(),
         }
     }
 }

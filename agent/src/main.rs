@@ -16,6 +16,8 @@ use berth_agent::metrics::Metrics;
 use berth_agent::node::{self, NodeInfo};
 use berth_agent::overlay::peers::{UNDERLAY_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
 use berth_agent::overlay::Overlay;
+use berth_agent::services::desired::ThisNode;
+use berth_agent::services::{Placement, ServiceLb};
 use berth_cni::netlink::format_mac;
 use clap::Parser;
 use ipnetwork::Ipv4Network;
@@ -24,8 +26,14 @@ use k8s_openapi::api::core::v1::Node;
 use kube::Api;
 
 #[derive(Debug, Parser)]
-#[command(name = "berth-agent", version, about = "Berth's node agent")]
+#[command(
+    name = "berth-agent",
+    version,
+    about = "Berth's node agent: runs the node (without a subcommand) or inspects it"
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// YAML configuration file; flags override what it sets.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -80,6 +88,49 @@ struct Cli {
     /// The cluster's pod CIDR [default: 10.244.0.0/16].
     #[arg(long)]
     cluster_cidr: Option<Ipv4Network>,
+    /// bpffs directory of the node's eBPF maps and links [default: /sys/fs/bpf/berth].
+    #[arg(long)]
+    bpf_pin_dir: Option<PathBuf>,
+    /// cgroup2 directory whose processes get service load balancing [default: the cgroup2 root].
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Inspect the node's eBPF datapath.
+    Bpf {
+        #[command(subcommand)]
+        what: Bpf,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Bpf {
+    /// The service load balancer's maps.
+    Lb {
+        #[command(subcommand)]
+        what: Lb,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Lb {
+    /// Every frontend with its backends, slots and flags.
+    List {
+        /// bpffs directory of the node's maps.
+        #[arg(long, default_value = "/sys/fs/bpf/berth")]
+        pin_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 impl Cli {
@@ -114,6 +165,8 @@ impl Cli {
         set(&mut c.cni.conf_dir, self.cni_conf_dir);
         set(&mut c.cni.data_dir, self.cni_data_dir);
         set(&mut c.cni.cluster_cidr, self.cluster_cidr);
+        set(&mut c.services.pin_dir, self.bpf_pin_dir);
+        set(&mut c.services.cgroup, self.cgroup.map(Some));
         c.validate()?;
         Ok(c)
     }
@@ -121,13 +174,34 @@ impl Cli {
 
 fn main() -> anyhow::Result<()> {
     berth_cli::init_logging("RUST_LOG", "info");
-    let config = Cli::parse().config()?;
+    let mut cli = Cli::parse();
+    if let Some(Command::Bpf { what }) = cli.command.take() {
+        return bpf(what);
+    }
+    let config = cli.config()?;
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?
         .block_on(run(config))
+}
+
+/// `berth-agent bpf …`: reads the pinned maps; needs no API server.
+fn bpf(what: Bpf) -> anyhow::Result<()> {
+    match what {
+        Bpf::Lb {
+            what: Lb::List { pin_dir, output },
+        } => {
+            let entries = berth_agent::services::list(&pin_dir)
+                .with_context(|| format!("reading the maps pinned in {}", pin_dir.display()))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+                Output::Table => print!("{}", berth_agent::services::table(&entries)),
+            }
+            Ok(())
+        }
+    }
 }
 
 async fn client(path: &PathBuf) -> anyhow::Result<kube::Client> {
@@ -212,6 +286,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Arc::clone(&metrics),
         ));
     }
+    start_services(&config, &caches, &info.name, node_ip, &metrics)?;
     tokio::spawn(overlay.run(
         caches.nodes.clone(),
         Duration::from_secs(config.overlay.resync_seconds),
@@ -263,6 +338,47 @@ async fn run(config: Config) -> anyhow::Result<()> {
     // is away, and the next start adopts it.
     tracing::info!("berth-agent stopped");
     Ok(())
+}
+
+/// Attaches (or adopts) the service load balancer and runs its reconciler
+/// on a thread of its own (the libbpf objects stay on that thread).
+fn start_services(
+    config: &Config,
+    caches: &Caches,
+    node: &str,
+    node_ip: std::net::Ipv4Addr,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<()> {
+    let placement = Placement {
+        pin_dir: config.services.pin_dir.clone(),
+        cgroup: config.services.cgroup(),
+    };
+    let this = ThisNode {
+        name: node.to_string(),
+        ip: node_ip,
+    };
+    let (services, slices) = (caches.services.clone(), caches.endpoint_slices.clone());
+    let resync = Duration::from_secs(config.overlay.resync_seconds);
+    let metrics = Arc::clone(metrics);
+    let runtime = tokio::runtime::Handle::current();
+    let (started, ready) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("services".into())
+        .spawn(move || match ServiceLb::start(&placement, this) {
+            Ok(lb) => {
+                tracing::info!(cgroup = %placement.cgroup.display(), pins = %placement.pin_dir.display(), "service load balancer attached");
+                let _ = started.send(Ok(()));
+                runtime.block_on(lb.run(services, slices, resync, metrics));
+            }
+            Err(e) => {
+                let _ = started.send(Err(e));
+            }
+        })
+        .context("starting the services thread")?;
+    ready
+        .recv()
+        .context("the services thread ended")?
+        .context("attaching the service load balancer")
 }
 
 /// Publishes the overlay annotations, retrying while the API server is

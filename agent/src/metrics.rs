@@ -30,6 +30,18 @@ pub struct Metrics {
     pub overlay_sync_seconds: Gauge<f64, AtomicU64>,
     /// Times the masquerade rule was found missing and installed.
     pub masquerade_repairs: Counter,
+    /// Service load-balancer passes that completed.
+    pub lb_syncs: Counter,
+    /// Service load-balancer passes that failed (retried).
+    pub lb_sync_failures: Counter,
+    /// Frontends written or removed.
+    pub lb_changes: Counter,
+    /// Frontends programmed.
+    pub lb_frontends: Gauge,
+    /// Backend slots programmed.
+    pub lb_backends: Gauge,
+    /// Duration of the last load-balancer pass.
+    pub lb_sync_seconds: Gauge<f64, AtomicU64>,
 }
 
 impl Default for Metrics {
@@ -89,9 +101,51 @@ impl Default for Metrics {
             "Times the masquerade rule was found missing and installed",
             masquerade_repairs.clone(),
         );
+        let lb_syncs = Counter::default();
+        let lb_sync_failures = Counter::default();
+        let lb_changes = Counter::default();
+        let lb_frontends = Gauge::default();
+        let lb_backends = Gauge::default();
+        let lb_sync_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "lb_syncs",
+            "Service load-balancer passes that completed",
+            lb_syncs.clone(),
+        );
+        registry.register(
+            "lb_sync_failures",
+            "Service load-balancer passes that failed and will be retried",
+            lb_sync_failures.clone(),
+        );
+        registry.register(
+            "lb_changes",
+            "Service frontends written or removed",
+            lb_changes.clone(),
+        );
+        registry.register(
+            "lb_frontends",
+            "Service frontends programmed in the datapath",
+            lb_frontends.clone(),
+        );
+        registry.register(
+            "lb_backends",
+            "Backend slots programmed in the datapath",
+            lb_backends.clone(),
+        );
+        registry.register(
+            "lb_sync_duration_seconds",
+            "Duration of the last service load-balancer pass",
+            lb_sync_seconds.clone(),
+        );
         Metrics {
             registry,
             masquerade_repairs,
+            lb_syncs,
+            lb_sync_failures,
+            lb_changes,
+            lb_frontends,
+            lb_backends,
+            lb_sync_seconds,
             heartbeats,
             heartbeat_failures,
             last_heartbeat,

@@ -28,6 +28,9 @@ pub struct MapSizes {
     pub services: u32,
     /// Entries of `lb4_backends`: one per distinct backend.
     pub backends: u32,
+    /// Entries of `lb4_reverse_sk` (LRU): one per socket and backend it
+    /// talked to through a frontend.
+    pub reverse: u32,
 }
 
 impl Default for MapSizes {
@@ -35,6 +38,7 @@ impl Default for MapSizes {
         MapSizes {
             services: 65536,
             backends: 65536,
+            reverse: 262144,
         }
     }
 }

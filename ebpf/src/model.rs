@@ -59,8 +59,8 @@ impl FromStr for Protocol {
     }
 }
 
-/// A virtual address clients connect to: `IP:port/PROTO`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// A virtual address clients connect to: `IP:port/PROTO` (also in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Frontend {
     /// Virtual IPv4 address and port.
     pub addr: SocketAddrV4,
@@ -84,26 +84,59 @@ impl fmt::Display for Frontend {
     }
 }
 
+/// Parses `IP:PORT/PROTO`, e.g. `10.96.0.10:53/UDP`.
+fn parse_address(s: &str) -> Result<(SocketAddrV4, Protocol), ParseError> {
+    let (addr, proto) = s
+        .split_once('/')
+        .ok_or_else(|| ParseError(format!("{s:?} is not IP:PORT/PROTO")))?;
+    let addr = addr
+        .parse()
+        .map_err(|e| ParseError(format!("{addr:?} is not an IPv4 IP:PORT: {e}")))?;
+    Ok((addr, proto.parse()?))
+}
+
 impl FromStr for Frontend {
     type Err = ParseError;
 
     /// Parses `IP:PORT/PROTO`, e.g. `10.96.0.10:53/UDP`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, proto) = s
-            .split_once('/')
-            .ok_or_else(|| ParseError(format!("{s:?} is not IP:PORT/PROTO")))?;
-        let addr = addr
-            .parse()
-            .map_err(|e| ParseError(format!("{addr:?} is not an IPv4 IP:PORT: {e}")))?;
-        Ok(Frontend {
-            addr,
-            proto: proto.parse()?,
-        })
+        let (addr, proto) = parse_address(s)?;
+        Ok(Frontend { addr, proto })
     }
 }
 
-/// A real endpoint a frontend translates to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+impl FromStr for Backend {
+    type Err = ParseError;
+
+    /// Parses `IP:PORT/PROTO`, e.g. `10.244.1.5:8080/TCP`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, proto) = parse_address(s)?;
+        Ok(Backend { addr, proto })
+    }
+}
+
+/// Serializes a value as its `Display` text.
+macro_rules! serde_as_text {
+    ($($ty:ty),*) => {$(
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    )*};
+}
+
+serde_as_text!(Frontend, Backend);
+
+/// A real endpoint a frontend translates to: `IP:port/PROTO` (also in JSON).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Backend {
     /// Real IPv4 address and port.
     pub addr: SocketAddrV4,

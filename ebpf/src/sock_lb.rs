@@ -18,8 +18,29 @@ use crate::lb_maps::{BACKENDS_MAP, SERVICES_MAP};
 use crate::skel::SockLbSkelBuilder;
 use crate::{bpffs, Error, LbMaps, MapSizes};
 
-/// File name of the pinned cgroup/connect4 link.
-const CONNECT4_LINK: &str = "link_connect4";
+/// File name of the reverse-translation map under a pin directory.
+pub(crate) const REVERSE_MAP: &str = "lb4_reverse_sk";
+
+/// The socket hooks, each with the file name of its pinned link.
+const HOOKS: [(Hook, &str); 4] = [
+    (Hook::Connect4, "link_connect4"),
+    (Hook::Sendmsg4, "link_sendmsg4"),
+    (Hook::Recvmsg4, "link_recvmsg4"),
+    (Hook::Getpeername4, "link_getpeername4"),
+];
+
+/// A cgroup socket-address hook of the load balancer.
+#[derive(Debug, Clone, Copy)]
+enum Hook {
+    /// `connect()`: TCP and connected UDP go to a backend.
+    Connect4,
+    /// `sendmsg()` with an address: unconnected UDP.
+    Sendmsg4,
+    /// `recvmsg()`: replies show the frontend as their source.
+    Recvmsg4,
+    /// `getpeername()`: the peer is the frontend.
+    Getpeername4,
+}
 
 /// Where and how large the socket load balancer's objects are.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,15 +56,17 @@ pub struct SockLbConfig {
 pub struct SockLb {
     pin_dir: PathBuf,
     cgroup: PathBuf,
-    /// Keeps the attachment open while this value lives; the pin keeps it
-    /// after.
-    _link: Link,
+    /// Keep the attachments open while this value lives; the pins keep
+    /// them after.
+    _links: Vec<Link>,
 }
 
 impl SockLb {
     /// Loads the programs, creates or reuses the maps pinned under
-    /// `config.pin_dir`, and attaches `cgroup/connect4` to the cgroup2
-    /// directory `cgroup` (every process below it is translated).
+    /// `config.pin_dir`, and attaches the socket hooks (`connect4`,
+    /// `sendmsg4`, `recvmsg4`, `getpeername4`) to the cgroup2 directory
+    /// `cgroup` (every process below it is translated). Links already
+    /// pinned there get the new programs in place.
     pub fn attach(config: &SockLbConfig, cgroup: &Path) -> Result<Self, Error> {
         bpffs::create_pin_dir(&config.pin_dir)?;
         let cgroup_dir =
@@ -65,6 +88,11 @@ impl SockLb {
                 BACKENDS_MAP,
                 config.map_sizes.backends,
             ),
+            (
+                &mut maps.lb4_reverse_sk,
+                REVERSE_MAP,
+                config.map_sizes.reverse,
+            ),
         ] {
             map.set_max_entries(size)
                 .map_err(|e| Error::bpf(format!("size {name}"), e))?;
@@ -81,45 +109,60 @@ impl SockLb {
             )
         })?;
 
-        let link_pin = config.pin_dir.join(CONNECT4_LINK);
-        let prog = &skel.progs.berth_connect4;
-        let link = if link_pin.exists() {
-            let mut link = Link::open(&link_pin)
-                .map_err(|e| Error::bpf(format!("open pinned link {}", link_pin.display()), e))?;
-            link.update_prog(prog)
-                .map_err(|e| Error::bpf("replace program of pinned connect4 link", e))?;
-            tracing::info!(pin = %link_pin.display(), "adopted pinned connect4 link");
-            link
-        } else {
-            let mut link = prog
-                .attach_cgroup(cgroup_dir.as_raw_fd())
-                .map_err(|e| Error::bpf(format!("attach connect4 to {}", cgroup.display()), e))?;
-            link.pin(&link_pin)
-                .map_err(|e| Error::bpf(format!("pin link at {}", link_pin.display()), e))?;
-            tracing::info!(cgroup = %cgroup.display(), pin = %link_pin.display(), "attached connect4");
-            link
-        };
+        let mut links = Vec::new();
+        for (hook, pin_name) in HOOKS {
+            let prog = match hook {
+                Hook::Connect4 => &skel.progs.berth_connect4,
+                Hook::Sendmsg4 => &skel.progs.berth_sendmsg4,
+                Hook::Recvmsg4 => &skel.progs.berth_recvmsg4,
+                Hook::Getpeername4 => &skel.progs.berth_getpeername4,
+            };
+            let link_pin = config.pin_dir.join(pin_name);
+            let link = if link_pin.exists() {
+                let mut link = Link::open(&link_pin).map_err(|e| {
+                    Error::bpf(format!("open pinned link {}", link_pin.display()), e)
+                })?;
+                link.update_prog(prog).map_err(|e| {
+                    Error::bpf(format!("replace program of pinned link {pin_name}"), e)
+                })?;
+                tracing::info!(pin = %link_pin.display(), "adopted pinned link");
+                link
+            } else {
+                let mut link = prog.attach_cgroup(cgroup_dir.as_raw_fd()).map_err(|e| {
+                    Error::bpf(format!("attach {hook:?} to {}", cgroup.display()), e)
+                })?;
+                link.pin(&link_pin)
+                    .map_err(|e| Error::bpf(format!("pin link at {}", link_pin.display()), e))?;
+                tracing::info!(cgroup = %cgroup.display(), pin = %link_pin.display(), "attached");
+                link
+            };
+            links.push(link);
+        }
 
         Ok(SockLb {
             pin_dir: config.pin_dir.clone(),
             cgroup: cgroup.to_path_buf(),
-            _link: link,
+            _links: links,
         })
     }
 
-    /// Detaches the program pinned under `pin_dir`, if any, and removes the
-    /// link's pin. The maps stay. Returns whether a link was found.
+    /// Detaches the programs pinned under `pin_dir`, if any, and removes
+    /// the links' pins. The maps stay. Returns whether a link was found.
     pub fn detach(pin_dir: &Path) -> Result<bool, Error> {
-        let link_pin = pin_dir.join(CONNECT4_LINK);
-        if !link_pin.exists() {
-            return Ok(false);
+        let mut found = false;
+        for (_, pin_name) in HOOKS {
+            let link_pin = pin_dir.join(pin_name);
+            if !link_pin.exists() {
+                continue;
+            }
+            found = true;
+            let link = Link::open(&link_pin)
+                .map_err(|e| Error::bpf(format!("open pinned link {}", link_pin.display()), e))?;
+            link.detach()
+                .map_err(|e| Error::bpf(format!("detach {}", link_pin.display()), e))?;
+            std::fs::remove_file(&link_pin).map_err(|e| Error::io("unpin link", &link_pin, e))?;
         }
-        let link = Link::open(&link_pin)
-            .map_err(|e| Error::bpf(format!("open pinned link {}", link_pin.display()), e))?;
-        link.detach()
-            .map_err(|e| Error::bpf(format!("detach {}", link_pin.display()), e))?;
-        std::fs::remove_file(&link_pin).map_err(|e| Error::io("unpin link", &link_pin, e))?;
-        Ok(true)
+        Ok(found)
     }
 
     /// The pinned maps, to program services.

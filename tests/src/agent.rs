@@ -35,6 +35,10 @@ pub struct AgentConfig<'a> {
     /// Where the agent writes the node's CNI configuration (`net.d/`) and
     /// berth-cni keeps its leases (`networks/`).
     pub cni_dir: &'a Path,
+    /// The node's bpffs directory (service load balancer's pins).
+    pub pin_dir: &'a Path,
+    /// The node's cgroup2 subtree (service load balancer's socket hooks).
+    pub cgroup: &'a Path,
 }
 
 impl Agent {
@@ -58,6 +62,10 @@ impl Agent {
             .arg(config.cni_dir.join("net.d"))
             .arg("--cni-data-dir")
             .arg(config.cni_dir.join("networks"))
+            .arg("--bpf-pin-dir")
+            .arg(config.pin_dir)
+            .arg("--cgroup")
+            .arg(config.cgroup)
             // Simulated nodes resync often: repairs show within 2 s.
             .args(["--overlay-resync", "2"])
             .stdin(Stdio::null())

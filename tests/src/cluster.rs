@@ -193,6 +193,22 @@ impl Cluster {
         Ok((pod, ip))
     }
 
+    /// A `berth-testbed probe ARGS` command that runs in `pod`'s network
+    /// namespace and node `i`'s cgroup, where the node's socket load
+    /// balancer acts (as for a pod's processes).
+    pub fn probe_command(&self, i: usize, pod: &Netns, args: &[&str]) -> Result<Command, Error> {
+        let mut cmd = pod.command(workspace_bin("berth-testbed"))?;
+        cmd.arg("probe").args(args);
+        self.testbed.nodes()[i].cgroup().add_on_spawn(&mut cmd)?;
+        Ok(cmd)
+    }
+
+    /// Runs a probe to completion; returns its lines.
+    pub fn probe(&self, i: usize, pod: &Netns, args: &[&str]) -> Result<Vec<String>, Error> {
+        let out = run(&mut self.probe_command(i, pod, args)?)?;
+        Ok(out.lines().map(str::to_string).collect())
+    }
+
     /// Waits until node `i` routes over the overlay to the pod CIDRs of
     /// the nodes `peers`.
     pub fn wait_overlay(&self, i: usize, peers: &[usize]) -> Result<(), Error> {
@@ -266,6 +282,8 @@ impl Cluster {
             log: &dir.join("agent.log"),
             netns: &node.netns().path(),
             cni_dir: &dir.join("cni"),
+            pin_dir: node.pin_dir(),
+            cgroup: node.cgroup().path(),
         })?;
         self.agents()[i] = Some(agent);
         Ok(())
@@ -317,6 +335,15 @@ impl Cluster {
             }
         }
         out
+    }
+
+    /// `kubectl apply` of `manifest` (JSON), as the cluster admin.
+    pub fn apply(&self, manifest: &Value) -> Result<String, Error> {
+        let dir = self.config.state_dir.join("manifests");
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io("create", &dir, e))?;
+        let path = dir.join("apply.json");
+        std::fs::write(&path, manifest.to_string()).map_err(|e| Error::io("write", &path, e))?;
+        self.kubectl(&["apply", "-f", &path.display().to_string()])
     }
 
     /// Runs kubectl as the cluster admin.

@@ -5,11 +5,12 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use berth_ebpf::{MapSizes, SockLb, SockLbConfig};
 use berth_tests::cluster::{Cluster, ClusterConfig};
 use berth_tests::control;
 use berth_tests::{leftovers, sweep, RunPrefix, Testbed, TestbedConfig};
 use clap::{Parser, Subcommand};
+
+mod probe_cmd;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -44,6 +45,9 @@ enum Cmd {
         #[arg(long, default_value = "127.0.0.1:6443")]
         listen: SocketAddr,
     },
+    /// A test client (run by tests inside a pod and a node's cgroup).
+    #[command(subcommand, hide = true)]
+    Probe(probe_cmd::Probe),
     /// Remove everything the cluster made.
     Down {
         /// Cluster name given to `up`.
@@ -55,6 +59,9 @@ enum Cmd {
 fn main() -> anyhow::Result<()> {
     berth_cli::init_logging("RUST_LOG", "info");
     let cli = Cli::parse();
+    if let Cmd::Probe(probe) = cli.command {
+        return probe_cmd::run(probe);
+    }
     if !nix::unistd::geteuid().is_root() {
         bail!("berth-testbed creates namespaces, cgroups and BPF objects: run it as root");
     }
@@ -77,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             listen,
         ),
         Cmd::Down { name } => down(&prefix(&name)?),
+        Cmd::Probe(_) => Ok(()),
     }
 }
 
@@ -131,15 +139,6 @@ fn up(
         nodes,
         underlay_net: Ipv4Addr::new(172, 30, 0, 0),
     })?;
-    for node in testbed.nodes() {
-        let config = SockLbConfig {
-            pin_dir: node.pin_dir().to_path_buf(),
-            map_sizes: MapSizes::default(),
-        };
-        SockLb::attach(&config, node.cgroup().path())
-            .with_context(|| format!("starting the datapath on node {}", node.name()))?;
-        tracing::info!(node = node.name(), "datapath ready");
-    }
     // The control plane, then one agent per node with the node's own
     // credentials; returns once every node is Ready.
     let cluster = Cluster::start(
@@ -186,7 +185,9 @@ fn up(
         );
     }
     let first = &testbed.nodes()[0];
-    println!("\nEach node runs the socket load balancer (cgroup/connect4) on its cgroup2 subtree,");
+    println!(
+        "\nEach node's agent load-balances Services at the socket (eBPF on its cgroup2 subtree),"
+    );
     println!(
         "and a VXLAN overlay (device berth.1, VNI 1, UDP 8472) to every other node's pod CIDR."
     );
@@ -200,6 +201,10 @@ fn up(
     println!(
         "  ip netns exec {} bridge fdb show dev berth.1",
         first.netns().name()
+    );
+    println!(
+        "  berth-agent bpf lb list --pin-dir {}   (target/debug/berth-agent)",
+        first.pin_dir().display()
     );
     println!(
         "  bpftool map dump pinned {}/lb4_services",

@@ -7,6 +7,7 @@
  *       slot 0 is the service's master entry: `count` backend slots follow;
  *       slot 1..count hold one backend id each.
  *   lb4_backends: backend id -> lb4_backend (address, port)
+ *   lb4_reverse_sk: (socket cookie, backend) -> frontend, for replies
  *
  * Writers fill backends, then slots, then the master entry, so a program
  * that sees a master entry always finds its slots.
@@ -60,6 +61,32 @@ struct {
 	__uint(max_entries, 65536);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } lb4_backends SEC(".maps");
+
+/*
+ * Reverse translation for sockets: (socket cookie, backend address, port)
+ * -> the frontend the socket asked for. recvmsg() and getpeername() then
+ * show the frontend, not the backend, as the peer (UDP clients such as DNS
+ * resolvers drop answers from an address they did not ask).
+ */
+struct lb4_reverse_key {
+	__u64 cookie;
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+struct lb4_reverse {
+	__be32 address;
+	__be16 port;
+	__u16 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_reverse_key);
+	__type(value, struct lb4_reverse);
+	__uint(max_entries, 262144);
+} lb4_reverse_sk SEC(".maps");
 
 /* The master entry of the service at (address, port, proto), or NULL. */
 static __always_inline struct lb4_service *

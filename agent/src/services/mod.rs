@@ -1,0 +1,273 @@
+//! Service load balancing (kube-proxy's job): Services and EndpointSlices
+//! from the shared caches, turned into frontends and backends in the
+//! node's pinned eBPF maps.
+//!
+//! At start the agent attaches the socket load balancer to the node's
+//! cgroup2 directory, adopting pinned maps and links that are already
+//! there (their backend ids and slots stay, so connections are not
+//! disturbed). Each pass then writes only what differs between the maps
+//! and the API: a frontend whose backends did not change is not touched.
+
+pub mod desired;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use berth_ebpf::model::Backend;
+use berth_ebpf::{LbMaps, MapSizes, ServiceEntry, SockLb, SockLbConfig};
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+use crate::caches::Cached;
+use crate::metrics::Metrics;
+use desired::ThisNode;
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SyncReport {
+    /// Frontends in the maps afterwards.
+    pub frontends: usize,
+    /// Backend slots in the maps afterwards.
+    pub backends: usize,
+    /// Frontends written or removed.
+    pub changes: usize,
+}
+
+/// The node's service load balancer.
+#[derive(Debug)]
+pub struct ServiceLb {
+    maps: LbMaps,
+    node: ThisNode,
+    // Holds the attachments open while the agent runs; the pins keep them
+    // after it stops.
+    _lb: SockLb,
+}
+
+/// Where the socket hooks go and where their objects are pinned.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// bpffs directory of the node's pins.
+    pub pin_dir: PathBuf,
+    /// cgroup2 directory whose processes are load-balanced.
+    pub cgroup: PathBuf,
+}
+
+impl ServiceLb {
+    /// Attaches (or adopts) the datapath and opens its maps.
+    pub fn start(placement: &Placement, node: ThisNode) -> Result<Self, berth_ebpf::Error> {
+        if let Some(root) = bpffs_root(&placement.pin_dir) {
+            berth_ebpf::bpffs::ensure_mounted(root)?;
+        }
+        let lb = SockLb::attach(
+            &SockLbConfig {
+                pin_dir: placement.pin_dir.clone(),
+                map_sizes: MapSizes::default(),
+            },
+            &placement.cgroup,
+        )?;
+        let maps = lb.maps()?;
+        Ok(ServiceLb {
+            maps,
+            node,
+            _lb: lb,
+        })
+    }
+
+    /// Takes the maps to what `services` and `slices` need.
+    pub fn sync(
+        &mut self,
+        services: &[&Service],
+        slices: &[&EndpointSlice],
+    ) -> Result<SyncReport, berth_ebpf::Error> {
+        let want = desired::desired(services, slices, &self.node);
+        let have = self.maps.services()?;
+        let mut report = SyncReport::default();
+        for entry in &have {
+            if !want.contains_key(&entry.frontend) {
+                self.maps.remove_service(&entry.frontend)?;
+                tracing::info!(frontend = %entry.frontend, "service removed");
+                report.changes += 1;
+            }
+        }
+        for (frontend, backends) in &want {
+            let current = have.iter().find(|e| e.frontend == *frontend);
+            if let Some(ordered) = changed(current, backends) {
+                self.maps.upsert_service(frontend, &ordered)?;
+                tracing::info!(%frontend, backends = ordered.len(), "service programmed");
+                report.changes += 1;
+            }
+        }
+        report.frontends = want.len();
+        report.backends = want.values().map(Vec::len).sum();
+        Ok(report)
+    }
+
+    /// Reconciles on every change of the Service or EndpointSlice cache,
+    /// and every `resync`, forever. Waits for both caches' first lists, so
+    /// frontends of existing services are never removed at start.
+    pub async fn run(
+        mut self,
+        mut services: Cached<Service>,
+        mut slices: Cached<EndpointSlice>,
+        resync: Duration,
+        metrics: Arc<Metrics>,
+    ) {
+        if services.store.wait_until_ready().await.is_err()
+            || slices.store.wait_until_ready().await.is_err()
+        {
+            tracing::error!(
+                "service caches closed before their first list; load balancing stopped"
+            );
+            return;
+        }
+        let mut tick = tokio::time::interval(resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let started = Instant::now();
+            let all_services = services.store.state();
+            let all_slices = slices.store.state();
+            let svc: Vec<&Service> = all_services.iter().map(AsRef::as_ref).collect();
+            let eps: Vec<&EndpointSlice> = all_slices.iter().map(AsRef::as_ref).collect();
+            match self.sync(&svc, &eps) {
+                Ok(report) => {
+                    metrics.lb_syncs.inc();
+                    metrics.lb_changes.inc_by(report.changes as u64);
+                    metrics.lb_frontends.set(report.frontends as i64);
+                    metrics.lb_backends.set(report.backends as i64);
+                    metrics.lb_sync_seconds.set(started.elapsed().as_secs_f64());
+                }
+                Err(e) => {
+                    metrics.lb_sync_failures.inc();
+                    tracing::warn!(error = %e, "service sync failed; retrying");
+                }
+            }
+            tokio::select! {
+                changed = services.changed.changed() => if changed.is_err() { return },
+                changed = slices.changed.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {}
+            }
+        }
+    }
+}
+
+/// The backends to write for a frontend, or `None` when the maps already
+/// hold exactly `wanted`. Backends already in a slot keep their order, so
+/// an update moves as few slots as possible.
+fn changed(current: Option<&ServiceEntry>, wanted: &[Backend]) -> Option<Vec<Backend>> {
+    let held: Vec<Backend> = current
+        .map(|e| e.slots.iter().filter_map(|s| s.backend).collect())
+        .unwrap_or_default();
+    let wanted_set: HashSet<&Backend> = wanted.iter().collect();
+    let held_set: HashSet<&Backend> = held.iter().collect();
+    let complete = current.is_some_and(|e| e.slots.iter().all(|s| s.backend.is_some()));
+    if current.is_some() && complete && wanted_set == held_set && held.len() == wanted.len() {
+        return None;
+    }
+    let mut ordered: Vec<Backend> = held
+        .iter()
+        .filter(|b| wanted_set.contains(b))
+        .copied()
+        .collect();
+    ordered.extend(wanted.iter().filter(|b| !held_set.contains(b)).copied());
+    Some(ordered)
+}
+
+/// The bpffs mount point a pin directory lives under, when it is below
+/// the usual one (mounted there if missing).
+fn bpffs_root(pin_dir: &Path) -> Option<&Path> {
+    let root = Path::new(berth_ebpf::bpffs::DEFAULT_ROOT);
+    pin_dir.starts_with(root).then_some(root)
+}
+
+/// What `berth-agent bpf lb list` prints: every frontend in the maps.
+pub fn list(pin_dir: &Path) -> Result<Vec<ServiceEntry>, berth_ebpf::Error> {
+    LbMaps::open_pinned(pin_dir)?.services()
+}
+
+/// `entries` as a table, one line per backend slot (like
+/// `cilium-dbg bpf lb list`).
+pub fn table(entries: &[ServiceEntry]) -> String {
+    let mut out = format!(
+        "{:<28} {:<6} {:<34} {}\n",
+        "FRONTEND", "FLAGS", "BACKEND (SLOT)", "BACKEND ID"
+    );
+    for entry in entries {
+        let frontend = entry.frontend.to_string();
+        if entry.slots.is_empty() {
+            out += &format!(
+                "{frontend:<28} {:<6} {:<34} -\n",
+                entry.flags, "(no backend: refused)"
+            );
+        }
+        for (i, slot) in entry.slots.iter().enumerate() {
+            let backend = slot
+                .backend
+                .map_or_else(|| "(missing)".to_string(), |b| b.to_string());
+            let first = if i == 0 { frontend.as_str() } else { "" };
+            let flags = if i == 0 {
+                entry.flags.to_string()
+            } else {
+                String::new()
+            };
+            out += &format!(
+                "{first:<28} {flags:<6} {:<34} {}\n",
+                format!("{backend} ({})", slot.slot),
+                slot.backend_id
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_ebpf::model::{Frontend, Protocol};
+    use berth_ebpf::SlotEntry;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    fn backend(last: u8) -> Backend {
+        Backend {
+            addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 80),
+            proto: Protocol::Tcp,
+        }
+    }
+
+    fn entry(backends: &[Backend]) -> ServiceEntry {
+        ServiceEntry {
+            frontend: Frontend::new(Ipv4Addr::new(10, 96, 0, 1), 80, Protocol::Tcp),
+            flags: 0,
+            slots: backends
+                .iter()
+                .enumerate()
+                .map(|(i, b)| SlotEntry {
+                    slot: i as u16 + 1,
+                    backend_id: i as u32 + 1,
+                    backend: Some(*b),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn unchanged_frontends_are_not_written_and_kept_slots_keep_their_order() {
+        let held = entry(&[backend(3), backend(1)]);
+        assert_eq!(changed(Some(&held), &[backend(1), backend(3)]), None);
+        assert_eq!(
+            changed(Some(&held), &[backend(1), backend(2)]),
+            Some(vec![backend(1), backend(2)])
+        );
+        assert_eq!(
+            changed(Some(&held), &[backend(1), backend(2), backend(3)]),
+            Some(vec![backend(3), backend(1), backend(2)])
+        );
+        assert_eq!(
+            changed(None, &[]),
+            Some(vec![]),
+            "an empty frontend is written"
+        );
+        assert_eq!(changed(Some(&entry(&[])), &[]), None);
+    }
+}

@@ -1,0 +1,109 @@
+//! `berth-testbed probe`: a client that tests run inside a pod's network
+//! namespace and a node's cgroup (where the node's socket load balancer
+//! acts), printing one line per attempt.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+
+use clap::Subcommand;
+
+/// What to probe.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Probe {
+    /// N TCP connections; prints the first line each server sends and the
+    /// peer address the socket reports (getpeername), or `error <what>`.
+    Tcp {
+        /// Where to connect.
+        #[arg(long)]
+        target: SocketAddr,
+        /// How many connections.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// N UDP datagrams from one unconnected socket; prints each reply and
+    /// the address it came from, or `error <what>`.
+    Udp {
+        /// Where to send.
+        #[arg(long)]
+        target: SocketAddr,
+        /// How many datagrams.
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+    },
+    /// One TCP connection held open for a while: prints `connected
+    /// <greeting>`, then exchanges a line every 50 ms and prints `held
+    /// <exchanges>`, or `error <what>` when the connection breaks.
+    Hold {
+        /// Where to connect.
+        #[arg(long)]
+        target: SocketAddr,
+        /// For how long.
+        #[arg(long)]
+        seconds: u64,
+    },
+}
+
+pub(crate) fn run(probe: Probe) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(2);
+    let mut out = std::io::stdout().lock();
+    match probe {
+        Probe::Tcp { target, count } => {
+            for _ in 0..count {
+                let line = TcpStream::connect_timeout(&target, timeout)
+                    .and_then(|conn| {
+                        conn.set_read_timeout(Some(timeout))?;
+                        let peer = conn.peer_addr()?;
+                        let mut line = String::new();
+                        BufReader::new(conn).read_line(&mut line)?;
+                        Ok(format!("{} {peer}", line.trim_end()))
+                    })
+                    .unwrap_or_else(|e| format!("error {}", e.kind()));
+                writeln!(out, "{line}")?;
+            }
+        }
+        Probe::Udp { target, count } => {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.set_read_timeout(Some(timeout))?;
+            let mut buf = [0u8; 512];
+            for i in 0..count {
+                let line = socket
+                    .send_to(format!("ping {i}").as_bytes(), target)
+                    .and_then(|_| socket.recv_from(&mut buf))
+                    .map(|(n, from)| {
+                        format!("{} {from}", String::from_utf8_lossy(&buf[..n]).trim_end())
+                    })
+                    .unwrap_or_else(|e| format!("error {}", e.kind()));
+                writeln!(out, "{line}")?;
+            }
+        }
+        Probe::Hold { target, seconds } => {
+            let outcome = (|| -> std::io::Result<String> {
+                let conn = TcpStream::connect_timeout(&target, timeout)?;
+                conn.set_read_timeout(Some(timeout))?;
+                let mut reader = BufReader::new(conn.try_clone()?);
+                let mut writer = conn;
+                let mut line = String::new();
+                reader.read_line(&mut line)?;
+                writeln!(out, "connected {}", line.trim_end())?;
+                out.flush()?;
+                let end = Instant::now() + Duration::from_secs(seconds);
+                let mut exchanges = 0u64;
+                while Instant::now() < end {
+                    writer.write_all(b"tick\n")?;
+                    line.clear();
+                    reader.read_line(&mut line)?;
+                    if line != "tick\n" {
+                        return Err(std::io::Error::other(format!("echo {line:?}")));
+                    }
+                    exchanges += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Ok(format!("held {exchanges}"))
+            })();
+            let line = outcome.unwrap_or_else(|e| format!("error {e}"));
+            writeln!(out, "{line}")?;
+        }
+    }
+    Ok(())
+}

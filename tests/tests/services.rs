@@ -1,0 +1,398 @@
+//! Service load balancing on three simulated nodes with berth-control and
+//! agents: Services and EndpointSlices created through the API (no
+//! EndpointSlice controller exists yet, so the tests write the slices as
+//! one would), backends are servers in pod namespaces on every node, and
+//! clients are processes in a pod's namespace and its node's cgroup.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, TcpListener, UdpSocket};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_tests::cluster::{Cluster, ClusterConfig};
+use berth_tests::cni::workspace_bin;
+use berth_tests::{require_root, Netns, Testbed, TestbedConfig};
+use serde_json::{json, Value};
+
+const TCP_PORT: u16 = 8080;
+const UDP_PORT: u16 = 5353;
+
+fn start() -> Cluster {
+    require_root();
+    let config = TestbedConfig::new(3);
+    let cluster = ClusterConfig::beside_current_exe(&config.prefix);
+    Cluster::start(Testbed::new(&config).expect("testbed"), cluster).expect("cluster")
+}
+
+/// A backend pod: answers TCP with its name then echoes lines, and UDP
+/// datagrams with its name.
+struct BackendPod {
+    name: String,
+    ip: Ipv4Addr,
+    node: String,
+    _netns: Netns,
+}
+
+fn backend(cluster: &Cluster, i: usize, name: &str) -> BackendPod {
+    let (netns, ip) = cluster
+        .add_pod(&workspace_bin("berth-cni"), i, name)
+        .expect("pod");
+    let tcp = netns
+        .run(|| TcpListener::bind((ip, TCP_PORT)))
+        .expect("enter")
+        .expect("listen");
+    let udp = netns
+        .run(|| UdpSocket::bind((ip, UDP_PORT)))
+        .expect("enter")
+        .expect("bind");
+    let greeting = name.to_string();
+    std::thread::spawn(move || {
+        for conn in tcp.incoming().flatten() {
+            let greeting = greeting.clone();
+            std::thread::spawn(move || {
+                let mut writer = conn.try_clone().expect("clone");
+                if writeln!(writer, "{greeting}").is_err() {
+                    return;
+                }
+                let mut line = String::new();
+                let mut reader = BufReader::new(conn);
+                while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                    if writer.write_all(line.as_bytes()).is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    let reply = name.to_string();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((_, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(reply.as_bytes(), from);
+        }
+    });
+    BackendPod {
+        name: name.to_string(),
+        ip,
+        node: cluster.testbed().nodes()[i].name().to_string(),
+        _netns: netns,
+    }
+}
+
+fn service(cluster: &Cluster) -> Ipv4Addr {
+    cluster
+        .apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"ports": [
+                {"name": "tcp", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP"},
+                {"name": "udp", "port": 53, "targetPort": UDP_PORT, "protocol": "UDP"},
+            ]},
+        }))
+        .expect("create the Service");
+    cluster
+        .kubectl(&["get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"])
+        .expect("read its cluster IP")
+        .parse()
+        .expect("an IPv4 cluster IP")
+}
+
+/// Writes the Service's EndpointSlice: each backend with its conditions.
+fn endpoints(cluster: &Cluster, backends: &[(&BackendPod, Value)]) {
+    let endpoints: Vec<Value> = backends
+        .iter()
+        .map(|(b, conditions)| json!({"addresses": [b.ip.to_string()], "conditions": conditions, "nodeName": b.node}))
+        .collect();
+    cluster
+        .apply(&json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "web-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "web"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "tcp", "port": TCP_PORT, "protocol": "TCP"}, {"name": "udp", "port": UDP_PORT, "protocol": "UDP"}],
+            "endpoints": endpoints,
+        }))
+        .expect("write the EndpointSlice");
+}
+
+fn ready() -> Value {
+    json!({"ready": true})
+}
+
+/// `berth-agent bpf lb list -o json` on node `i`.
+fn lb_list(cluster: &Cluster, i: usize) -> Value {
+    let pins = cluster.testbed().nodes()[i].pin_dir().display().to_string();
+    let out = std::process::Command::new(workspace_bin("berth-agent"))
+        .args(["bpf", "lb", "list", "-o", "json", "--pin-dir", &pins])
+        .output()
+        .expect("berth-agent bpf lb list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+/// The backends node `i` holds for `frontend` (`IP:PORT/PROTO`).
+fn programmed(cluster: &Cluster, i: usize, frontend: &str) -> Option<Vec<String>> {
+    lb_list(cluster, i)
+        .as_array()?
+        .iter()
+        .find(|e| e["frontend"] == frontend)
+        .map(|e| {
+            e["slots"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|s| s["backend"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+}
+
+fn wait_programmed(cluster: &Cluster, i: usize, frontend: &str, backends: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = programmed(cluster, i, frontend);
+        if found.as_ref().is_some_and(|b| b.len() == backends) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {i} never held {backends} backends for {frontend} (holds {found:?})\n{}",
+            cluster.agent_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// How often each reply's first word came back.
+fn tally(lines: &[String]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for line in lines {
+        let word = line
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        *counts.entry(word).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// A backend pod on every node behind Service `web` (all ready), and a
+/// client pod on n0.
+fn web_service(cluster: &Cluster) -> (Vec<BackendPod>, Ipv4Addr, Netns) {
+    let backends: Vec<BackendPod> = (0..3)
+        .map(|i| backend(cluster, i, &format!("web{i}")))
+        .collect();
+    let vip = service(cluster);
+    endpoints(
+        cluster,
+        &backends.iter().map(|b| (b, ready())).collect::<Vec<_>>(),
+    );
+    let (client, _) = cluster
+        .add_pod(&workspace_bin("berth-cni"), 0, "client")
+        .expect("client pod");
+    (backends, vip, client)
+}
+
+#[test]
+fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
+    let cluster = start();
+    let (backends, vip, client) = web_service(&cluster);
+    let tcp_frontend = format!("{vip}:80/TCP");
+    let tcp_target = format!("{vip}:80");
+    let udp_target = format!("{vip}:53");
+    for node in 0..3 {
+        wait_programmed(&cluster, node, &tcp_frontend, 3);
+        wait_programmed(&cluster, node, &format!("{vip}:53/UDP"), 3);
+    }
+
+    // 300 TCP connections from a pod on n0 reach every backend, on every
+    // node, roughly evenly; the socket reports the cluster IP as its peer.
+    let lines = cluster
+        .probe(
+            0,
+            &client,
+            &["tcp", "--target", &tcp_target, "--count", "300"],
+        )
+        .expect("probe");
+    let counts = tally(&lines);
+    for b in &backends {
+        let n = counts.get(&b.name).copied().unwrap_or(0);
+        assert!(n >= 50, "{} got {n} of 300: {counts:?}", b.name);
+    }
+    assert!(
+        lines.iter().all(|l| l.ends_with(&format!(" {tcp_target}"))),
+        "getpeername shows the backend: {lines:?}"
+    );
+
+    // UDP from an unconnected socket: every backend answers, and every
+    // answer comes from the cluster IP (recvmsg translated back).
+    let lines = cluster
+        .probe(
+            0,
+            &client,
+            &["udp", "--target", &udp_target, "--count", "90"],
+        )
+        .expect("probe");
+    let counts = tally(&lines);
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.keys().all(|k| k.starts_with("web")), "{counts:?}");
+    assert!(
+        lines.iter().all(|l| l.ends_with(&format!(" {udp_target}"))),
+        "{lines:?}"
+    );
+
+    // The datapath is scoped to the node: outside n0's cgroup (this test
+    // process) the cluster IP means nothing, and nothing is attached at
+    // the machine's cgroup2 root.
+    let root = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show", berth_tests::CGROUP2_ROOT])
+        .output()
+        .expect("bpftool");
+    let root = String::from_utf8_lossy(&root.stdout);
+    assert!(
+        !root.contains("berth_"),
+        "a program at the cgroup2 root: {root}"
+    );
+    let node = std::process::Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cluster.testbed().nodes()[0].cgroup().path())
+        .output()
+        .expect("bpftool");
+    let node = String::from_utf8_lossy(&node.stdout);
+    for hook in [
+        "berth_connect4",
+        "berth_sendmsg4",
+        "berth_recvmsg4",
+        "berth_getpeername4",
+    ] {
+        assert!(node.contains(hook), "{hook} missing on n0's cgroup: {node}");
+    }
+
+    // A backend leaves: new connections never reach it.
+    endpoints(
+        &cluster,
+        &[(&backends[0], ready()), (&backends[1], ready())],
+    );
+    wait_programmed(&cluster, 0, &tcp_frontend, 2);
+    let counts = tally(
+        &cluster
+            .probe(
+                0,
+                &client,
+                &["tcp", "--target", &tcp_target, "--count", "60"],
+            )
+            .expect("probe"),
+    );
+    assert!(!counts.contains_key("web2"), "{counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 60, "{counts:?}");
+
+    // None ready: the serving-and-terminating one takes the traffic.
+    endpoints(
+        &cluster,
+        &[
+            (
+                &backends[0],
+                json!({"ready": false, "serving": false, "terminating": true}),
+            ),
+            (
+                &backends[1],
+                json!({"ready": false, "serving": true, "terminating": true}),
+            ),
+        ],
+    );
+    wait_programmed(&cluster, 0, &tcp_frontend, 1);
+    let counts = tally(
+        &cluster
+            .probe(
+                0,
+                &client,
+                &["tcp", "--target", &tcp_target, "--count", "30"],
+            )
+            .expect("probe"),
+    );
+    assert_eq!(counts.get("web1"), Some(&30), "{counts:?}");
+
+    // No endpoints at all: refused at once.
+    endpoints(&cluster, &[]);
+    wait_programmed(&cluster, 0, &tcp_frontend, 0);
+    let started = Instant::now();
+    let lines = cluster
+        .probe(0, &client, &["tcp", "--target", &tcp_target])
+        .expect("probe");
+    assert!(lines[0].starts_with("error"), "{lines:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "not refused at once: {:?}",
+        started.elapsed()
+    );
+
+    // The table view for people.
+    let pins = cluster.testbed().nodes()[0].pin_dir().display().to_string();
+    let table = std::process::Command::new(workspace_bin("berth-agent"))
+        .args(["bpf", "lb", "list", "--pin-dir", &pins])
+        .output()
+        .expect("bpf lb list");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.contains(&tcp_frontend) && table.contains("refused"),
+        "{table}"
+    );
+}
+
+#[test]
+fn an_agent_restart_leaves_a_stream_through_a_cluster_ip_unbroken_and_backend_ids_unchanged() {
+    let cluster = start();
+    let (_backends, vip, client) = web_service(&cluster);
+    wait_programmed(&cluster, 0, &format!("{vip}:80/TCP"), 3);
+    let before = lb_list(&cluster, 0);
+
+    let target = format!("{vip}:80");
+    let mut hold = cluster
+        .probe_command(0, &client, &["hold", "--target", &target, "--seconds", "6"])
+        .expect("probe")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn probe");
+    let mut lines = BufReader::new(hold.stdout.take().expect("stdout")).lines();
+    let connected = lines.next().expect("a line").expect("read");
+    assert!(connected.starts_with("connected web"), "{connected}");
+
+    cluster.kill_agent(0);
+    std::thread::sleep(Duration::from_millis(500));
+    cluster
+        .start_agent(0, cluster.testbed().nodes()[0].underlay_ip())
+        .expect("restart agent");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cluster
+        .agent_metrics(0)
+        .contains("berth_agent_lb_syncs_total")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted agent never synced\n{}",
+            cluster.agent_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A pass over unchanged services writes nothing.
+    std::thread::sleep(Duration::from_millis(500));
+    let metrics = cluster.agent_metrics(0);
+    assert!(
+        metrics.contains("berth_agent_lb_changes_total 0\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        lb_list(&cluster, 0),
+        before,
+        "backend ids or slots changed across the restart"
+    );
+
+    let held = lines.next().expect("a line").expect("read");
+    assert!(held.starts_with("held "), "the stream broke: {held}");
+    assert!(hold.wait().expect("probe exit").success());
+}
