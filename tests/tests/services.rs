@@ -396,3 +396,79 @@ fn an_agent_restart_leaves_a_stream_through_a_cluster_ip_unbroken_and_backend_id
     assert!(held.starts_with("held "), "the stream broke: {held}");
     assert!(hold.wait().expect("probe exit").success());
 }
+
+#[test]
+fn ten_thousand_services_are_programmed_and_listed() {
+    require_root();
+    let config = TestbedConfig::new(1);
+    let cluster = Cluster::start(
+        Testbed::new(&config).expect("testbed"),
+        ClusterConfig::beside_current_exe(&config.prefix),
+    )
+    .expect("cluster");
+    const SERVICES: usize = 10_000;
+    let mut items = Vec::with_capacity(2 * SERVICES);
+    for i in 0..SERVICES {
+        let name = format!("s{i}");
+        items.push(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+        }));
+        let endpoints: Vec<Value> = (0..3)
+            .map(|e| json!({"addresses": [format!("10.244.{}.{}", i / 250, (i % 250) + e)]}))
+            .collect();
+        items.push(json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }));
+    }
+    // A stream of JSON documents (kubectl validates a `List` against the
+    // server's OpenAPI, which does not describe List).
+    let stream: String = items.iter().map(|item| format!("{item}\n")).collect();
+    let path = std::env::temp_dir().join(format!("{}-10k.json", config.prefix));
+    std::fs::write(&path, stream).expect("write manifest");
+    let started = Instant::now();
+    let created = cluster.kubectl(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &path.display().to_string(),
+    ]);
+    eprintln!("created {} objects in {:?}", items.len(), started.elapsed());
+    let _ = std::fs::remove_file(&path);
+    created.expect("kubectl create 10 000 Services and EndpointSlices");
+
+    // The 10 000 plus the API server's own `kubernetes` Service.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let listed = lb_list(&cluster, 0);
+        let entries = listed.as_array().expect("a list");
+        let complete = entries
+            .iter()
+            .filter(|e| e["slots"].as_array().is_some_and(|s| s.len() == 3))
+            .count();
+        if complete == SERVICES {
+            assert_eq!(entries.len(), SERVICES + 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{complete} of {SERVICES} services programmed\n{}",
+            cluster.agent_logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    eprintln!(
+        "programmed {SERVICES} services {:?} after the creates began",
+        started.elapsed()
+    );
+    let metrics = cluster.agent_metrics(0);
+    assert!(
+        metrics.contains("berth_agent_lb_frontends 10001\n"),
+        "{metrics}"
+    );
+}

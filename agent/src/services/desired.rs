@@ -12,7 +12,7 @@
 //!   `externalTrafficPolicy: Local` the node-port and external ones, to
 //!   endpoints on this node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use berth_ebpf::model::{Backend, Frontend, Protocol};
@@ -118,8 +118,24 @@ fn select(endpoints: &[Endpoint], local: Option<&str>, proto: Protocol) -> Vec<B
     backends
 }
 
-/// The datapath for `services` and `slices` on `node`.
+/// The datapath for `services` and `slices` on `node`. Linear in the
+/// number of objects: slices are grouped by their Service first.
 pub fn desired(services: &[&Service], slices: &[&EndpointSlice], node: &ThisNode) -> Desired {
+    let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+    for slice in slices {
+        let namespace = slice.metadata.namespace.as_deref().unwrap_or_default();
+        if let Some(name) = slice
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(SERVICE_NAME_LABEL))
+        {
+            by_service
+                .entry((namespace, name.as_str()))
+                .or_default()
+                .push(slice);
+        }
+    }
     let mut out = Desired::new();
     for service in services {
         let (Some(namespace), Some(name)) = (
@@ -135,19 +151,9 @@ pub fn desired(services: &[&Service], slices: &[&EndpointSlice], node: &ThisNode
         if kind == "ExternalName" {
             continue;
         }
-        let own: Vec<&EndpointSlice> = slices
-            .iter()
-            .copied()
-            .filter(|s| {
-                s.metadata.namespace.as_deref() == Some(namespace)
-                    && s.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(SERVICE_NAME_LABEL))
-                        .map(String::as_str)
-                        == Some(name)
-            })
-            .collect();
+        let own: &[&EndpointSlice] = by_service
+            .get(&(namespace, name))
+            .map_or(&[], Vec::as_slice);
         let cluster_ips: Vec<Ipv4Addr> = spec
             .cluster_ips
             .iter()
@@ -182,7 +188,7 @@ pub fn desired(services: &[&Service], slices: &[&EndpointSlice], node: &ThisNode
             let Ok(service_port) = u16::try_from(port.port) else {
                 continue;
             };
-            let eps = endpoints(&own, port);
+            let eps = endpoints(own, port);
             for ip in &cluster_ips {
                 out.insert(
                     Frontend::new(*ip, service_port, proto),
