@@ -112,6 +112,24 @@ enum Bpf {
         #[command(subcommand)]
         what: Lb,
     },
+    /// Session affinity: which client is pinned to which backend.
+    Affinity {
+        #[command(subcommand)]
+        what: Affinity,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Affinity {
+    /// Every client (network namespace cookie) with its frontend and backend.
+    List {
+        /// bpffs directory of the node's maps.
+        #[arg(long, default_value = "/sys/fs/bpf/berth")]
+        pin_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -198,6 +216,34 @@ fn bpf(what: Bpf) -> anyhow::Result<()> {
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
                 Output::Table => print!("{}", berth_agent::services::table(&entries)),
+            }
+            Ok(())
+        }
+        Bpf::Affinity {
+            what: Affinity::List { pin_dir, output },
+        } => {
+            let entries = berth_agent::services::affinities(&pin_dir)
+                .with_context(|| format!("reading the maps pinned in {}", pin_dir.display()))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+                Output::Table => {
+                    println!(
+                        "{:<22} {:<28} {:<28} LAST USED (ns)",
+                        "CLIENT", "FRONTEND", "BACKEND"
+                    );
+                    for e in &entries {
+                        let backend = e
+                            .backend
+                            .map_or_else(|| format!("(id {})", e.backend_id), |b| b.to_string());
+                        println!(
+                            "{:<22} {:<28} {:<28} {}",
+                            e.client,
+                            e.frontend.to_string(),
+                            backend,
+                            e.last_used_ns
+                        );
+                    }
+                }
             }
             Ok(())
         }

@@ -8,7 +8,7 @@ use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::model::{Backend, Frontend, Protocol};
-use crate::skel::types::{lb4_backend, lb4_key, lb4_service};
+use crate::skel::types::{lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_service};
 use crate::Error;
 
 // The C layouts, checked at compile time so a change to `lb4.h` that moves a
@@ -20,6 +20,10 @@ const _: () = {
     assert!(std::mem::offset_of!(lb4_key, proto) == 8);
     assert!(size_of::<lb4_service>() == 8);
     assert!(size_of::<lb4_backend>() == 8);
+    assert!(size_of::<lb4_affinity_key>() == 16);
+    assert!(std::mem::offset_of!(lb4_affinity_key, address) == 8);
+    assert!(size_of::<lb4_affinity>() == 16);
+    assert!(std::mem::offset_of!(lb4_affinity, backend_id) == 8);
 };
 
 // SAFETY: these are `#[repr(C)]` structs of integers whose padding is
@@ -30,12 +34,18 @@ unsafe impl plain::Plain for lb4_key {}
 unsafe impl plain::Plain for lb4_service {}
 // SAFETY: as above.
 unsafe impl plain::Plain for lb4_backend {}
+// SAFETY: as above.
+unsafe impl plain::Plain for lb4_affinity_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for lb4_affinity {}
 
 /// A map entry type shared with the C programs.
 pub(crate) trait MapEntry: plain::Plain + Default + Copy {}
 impl MapEntry for lb4_key {}
 impl MapEntry for lb4_service {}
 impl MapEntry for lb4_backend {}
+impl MapEntry for lb4_affinity_key {}
+impl MapEntry for lb4_affinity {}
 impl MapEntry for u32 {}
 
 /// The bytes of `value`, as the kernel reads them.
@@ -81,12 +91,26 @@ pub(crate) fn key_frontend(key: &lb4_key) -> Option<(Frontend, u16)> {
 }
 
 /// The master entry of a service with `count` backend slots.
-pub(crate) fn master_entry(count: u16, flags: u16) -> lb4_service {
+pub(crate) fn master_entry(count: u16, flags: u16, affinity_timeout: u32) -> lb4_service {
     lb4_service {
-        backend_id: 0,
+        backend_id: affinity_timeout,
         count,
         flags,
     }
+}
+
+/// Master entry flag: sessionAffinity ClientIP (`LB4_SVC_AFFINITY`).
+pub(crate) const FLAG_AFFINITY: u16 = 0x1;
+
+/// The frontend an affinity key belongs to.
+pub(crate) fn affinity_frontend(key: &lb4_affinity_key) -> Option<Frontend> {
+    Some(Frontend {
+        addr: SocketAddrV4::new(
+            Ipv4Addr::from(key.address.to_ne_bytes()),
+            u16::from_be(key.dport),
+        ),
+        proto: Protocol::from_number(key.proto)?,
+    })
 }
 
 /// A backend slot entry pointing at `backend_id`.

@@ -43,6 +43,9 @@ pub enum Error {
         /// Size found.
         actual: usize,
     },
+    /// The frontend is not in the maps.
+    #[error("no frontend {0} in the maps")]
+    NoSuchFrontend(String),
     /// A service asks for more backends than a frontend can hold.
     #[error("service {frontend} has {count} backends; at most {max} are supported")]
     TooManyBackends {

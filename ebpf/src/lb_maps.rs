@@ -9,13 +9,15 @@ use serde::Serialize;
 
 use crate::encode::{self, bytes_of, from_bytes};
 use crate::model::{Backend, Frontend};
-use crate::skel::types::{lb4_backend, lb4_key, lb4_service};
+use crate::skel::types::{lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_service};
 use crate::Error;
 
 /// File name of the services map under a pin directory.
 pub(crate) const SERVICES_MAP: &str = "lb4_services";
 /// File name of the backends map under a pin directory.
 pub(crate) const BACKENDS_MAP: &str = "lb4_backends";
+/// File name of the session-affinity map under a pin directory.
+pub(crate) const AFFINITY_MAP: &str = "lb4_affinity";
 
 /// Most backends one frontend can have (slots are 16-bit, slot 0 is the
 /// master entry).
@@ -31,6 +33,9 @@ pub struct MapSizes {
     /// Entries of `lb4_reverse_sk` (LRU): one per socket and backend it
     /// talked to through a frontend.
     pub reverse: u32,
+    /// Entries of `lb4_affinity` (LRU): one per client and frontend with
+    /// session affinity.
+    pub affinity: u32,
 }
 
 impl Default for MapSizes {
@@ -39,6 +44,7 @@ impl Default for MapSizes {
             services: 65536,
             backends: 65536,
             reverse: 262144,
+            affinity: 65536,
         }
     }
 }
@@ -50,8 +56,25 @@ pub struct ServiceEntry {
     pub frontend: Frontend,
     /// The master entry's flags.
     pub flags: u16,
+    /// Session affinity (ClientIP) timeout in seconds, when on.
+    pub affinity_timeout: Option<u32>,
     /// Backend slots, in slot order (slot 1 first).
     pub slots: Vec<SlotEntry>,
+}
+
+/// A client pinned to a backend by session affinity.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AffinityEntry {
+    /// The client: its network namespace's cookie.
+    pub client: u64,
+    /// The frontend.
+    pub frontend: Frontend,
+    /// The backend id it is pinned to.
+    pub backend_id: u32,
+    /// That backend, if its id has an entry.
+    pub backend: Option<Backend>,
+    /// Last use, nanoseconds on the kernel's monotonic clock.
+    pub last_used_ns: u64,
 }
 
 /// One backend slot of a frontend.
@@ -76,6 +99,7 @@ pub struct SlotEntry {
 pub struct LbMaps {
     services: MapHandle,
     backends: MapHandle,
+    affinity: MapHandle,
     /// Backend -> its id in `lb4_backends`.
     backend_ids: HashMap<Backend, u32>,
     /// Backend id -> number of slots pointing at it.
@@ -96,6 +120,7 @@ impl LbMaps {
         let mut maps = LbMaps {
             services: open(SERVICES_MAP)?,
             backends: open(BACKENDS_MAP)?,
+            affinity: open(AFFINITY_MAP)?,
             backend_ids: HashMap::new(),
             refs: HashMap::new(),
             next_id: 1,
@@ -184,16 +209,89 @@ impl LbMaps {
         let count = u16::try_from(new_ids.len()).unwrap_or(u16::MAX);
         if old_master.map(|m| m.count) != Some(count) {
             let flags = old_master.map_or(0, |m| m.flags);
+            let timeout = old_master.map_or(0, |m| m.backend_id);
             self.put_service(
                 &encode::service_key(frontend, 0),
-                &encode::master_entry(count, flags),
+                &encode::master_entry(count, flags, timeout),
             )?;
         }
+        // Clients pinned to a backend this frontend no longer has start over.
+        let kept: HashSet<u32> = new_ids.iter().copied().collect();
+        self.forget_affinity(frontend, |id| !kept.contains(&id))?;
         for i in new_ids.len()..old_ids.len() {
             self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
         }
 
         self.release(old_ids.iter().flatten())
+    }
+
+    /// Turns session affinity of `frontend` on (with its timeout in
+    /// seconds) or off. The frontend must exist. Returns whether anything
+    /// changed; turning it off forgets every client's backend.
+    pub fn set_affinity(
+        &mut self,
+        frontend: &Frontend,
+        timeout: Option<u32>,
+    ) -> Result<bool, Error> {
+        let Some(master) = self.master(frontend)? else {
+            return Err(Error::NoSuchFrontend(frontend.to_string()));
+        };
+        let flags = match timeout {
+            Some(_) => master.flags | encode::FLAG_AFFINITY,
+            None => master.flags & !encode::FLAG_AFFINITY,
+        };
+        let seconds = timeout.unwrap_or(0);
+        if flags == master.flags && seconds == master.backend_id {
+            return Ok(false);
+        }
+        self.put_service(
+            &encode::service_key(frontend, 0),
+            &encode::master_entry(master.count, flags, seconds),
+        )?;
+        if timeout.is_none() {
+            self.forget_affinity(frontend, |_| true)?;
+        }
+        Ok(true)
+    }
+
+    /// Every client's pinned backend: (client netns cookie, frontend,
+    /// backend id, nanoseconds of the last use on the kernel's monotonic
+    /// clock).
+    pub fn affinities(&self) -> Result<Vec<AffinityEntry>, Error> {
+        let backends: HashMap<u32, lb4_backend> = self.backend_entries()?.into_iter().collect();
+        let mut out: Vec<AffinityEntry> =
+            entries::<lb4_affinity_key, lb4_affinity>(&self.affinity, AFFINITY_MAP)?
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    Some(AffinityEntry {
+                        client: key.client,
+                        frontend: encode::affinity_frontend(&key)?,
+                        backend_id: value.backend_id,
+                        backend: backends
+                            .get(&value.backend_id)
+                            .and_then(encode::entry_backend),
+                        last_used_ns: value.last_used_ns,
+                    })
+                })
+                .collect();
+        out.sort_by_key(|a| (a.frontend, a.client));
+        Ok(out)
+    }
+
+    /// Removes affinity entries of `frontend` whose backend id `drop`s.
+    fn forget_affinity(
+        &self,
+        frontend: &Frontend,
+        drop: impl Fn(u32) -> bool,
+    ) -> Result<(), Error> {
+        for (key, value) in entries::<lb4_affinity_key, lb4_affinity>(&self.affinity, AFFINITY_MAP)?
+        {
+            if encode::affinity_frontend(&key).as_ref() == Some(frontend) && drop(value.backend_id)
+            {
+                delete_key(&self.affinity, AFFINITY_MAP, bytes_of(&key))?;
+            }
+        }
+        Ok(())
     }
 
     /// Removes `frontend` and releases backends no other frontend uses.
@@ -208,6 +306,7 @@ impl LbMaps {
             self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
         }
         self.release(ids.iter().flatten())?;
+        self.forget_affinity(frontend, |_| true)?;
         Ok(true)
     }
 
@@ -226,6 +325,8 @@ impl LbMaps {
                     ServiceEntry {
                         frontend,
                         flags: value.flags,
+                        affinity_timeout: (value.flags & encode::FLAG_AFFINITY != 0)
+                            .then_some(value.backend_id),
                         slots: Vec::new(),
                     },
                 );

@@ -19,5 +19,5 @@ mod skel;
 mod sock_lb;
 
 pub use error::Error;
-pub use lb_maps::{LbMaps, MapSizes, ServiceEntry, SlotEntry};
+pub use lb_maps::{AffinityEntry, LbMaps, MapSizes, ServiceEntry, SlotEntry};
 pub use sock_lb::{SockLb, SockLbConfig};

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject};
 
-use crate::lb_maps::{BACKENDS_MAP, SERVICES_MAP};
+use crate::lb_maps::{AFFINITY_MAP, BACKENDS_MAP, SERVICES_MAP};
 use crate::skel::SockLbSkelBuilder;
 use crate::{bpffs, Error, LbMaps, MapSizes};
 
@@ -92,6 +92,11 @@ impl SockLb {
                 &mut maps.lb4_reverse_sk,
                 REVERSE_MAP,
                 config.map_sizes.reverse,
+            ),
+            (
+                &mut maps.lb4_affinity,
+                AFFINITY_MAP,
+                config.map_sizes.affinity,
             ),
         ] {
             map.set_max_entries(size)

@@ -345,6 +345,88 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
 }
 
 #[test]
+fn client_ip_affinity_pins_each_client_pod_until_it_is_turned_off() {
+    let cluster = start();
+    let (_backends, vip, client) = web_service(&cluster);
+    let (other, _) = cluster
+        .add_pod(&workspace_bin("berth-cni"), 0, "other")
+        .expect("second client pod");
+    let frontend = format!("{vip}:80/TCP");
+    let target = format!("{vip}:80");
+    wait_programmed(&cluster, 0, &frontend, 3);
+    cluster
+        .kubectl(&[
+            "patch", "service", "web", "--type=merge", "-p",
+            r#"{"spec":{"sessionAffinity":"ClientIP","sessionAffinityConfig":{"clientIP":{"timeoutSeconds":600}}}}"#,
+        ])
+        .expect("turn affinity on");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while lb_list(&cluster, 0)
+        .as_array()
+        .and_then(|l| {
+            l.iter()
+                .find(|e| e["frontend"] == frontend.as_str())
+                .cloned()
+        })
+        .is_none_or(|e| e["affinity_timeout"] != 600)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "affinity never programmed\n{}",
+            cluster.agent_logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Every connection of one pod goes to one backend; each pod has its own.
+    for pod in [&client, &other] {
+        let counts = tally(
+            &cluster
+                .probe(0, pod, &["tcp", "--target", &target, "--count", "40"])
+                .expect("probe"),
+        );
+        assert_eq!(counts.len(), 1, "one client, several backends: {counts:?}");
+    }
+    let pins = cluster.testbed().nodes()[0].pin_dir().display().to_string();
+    let listed = std::process::Command::new(workspace_bin("berth-agent"))
+        .args(["bpf", "affinity", "list", "-o", "json", "--pin-dir", &pins])
+        .output()
+        .expect("bpf affinity list");
+    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    let clients = listed.as_array().expect("a list");
+    assert_eq!(clients.len(), 2, "{listed}");
+    assert!(
+        clients.iter().all(|c| c["frontend"] == frontend.as_str()),
+        "{listed}"
+    );
+
+    // Turned off: the same pod is spread again.
+    cluster
+        .kubectl(&[
+            "patch",
+            "service",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"sessionAffinity":"None"}}"#,
+        ])
+        .expect("turn affinity off");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = tally(
+            &cluster
+                .probe(0, &client, &["tcp", "--target", &target, "--count", "40"])
+                .expect("probe"),
+        );
+        if counts.len() == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still pinned: {counts:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
 fn an_agent_restart_leaves_a_stream_through_a_cluster_ip_unbroken_and_backend_ids_unchanged() {
     let cluster = start();
     let (_backends, vip, client) = web_service(&cluster);

@@ -22,8 +22,20 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 /// The label tying an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Every frontend with its backends.
-pub type Desired = BTreeMap<Frontend, Vec<Backend>>;
+/// What one frontend should hold.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Want {
+    /// Its backends.
+    pub backends: Vec<Backend>,
+    /// `sessionAffinity: ClientIP`: the timeout in seconds.
+    pub affinity: Option<u32>,
+}
+
+/// Every frontend with what it should hold.
+pub type Desired = BTreeMap<Frontend, Want>;
+
+/// Kubernetes' default ClientIP affinity timeout (3 hours).
+pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
 
 /// The node the datapath runs on.
 #[derive(Debug, Clone)]
@@ -165,6 +177,15 @@ pub fn desired(services: &[&Service], slices: &[&EndpointSlice], node: &ThisNode
             .then_some(node.name.as_str());
         let external_local = (spec.external_traffic_policy.as_deref() == Some("Local"))
             .then_some(node.name.as_str());
+        let affinity = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+            spec.session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds)
+                .and_then(|t| u32::try_from(t).ok())
+                .unwrap_or(DEFAULT_AFFINITY_SECONDS)
+        });
+        let want = |backends: Vec<Backend>| Want { backends, affinity };
         let external_ips: Vec<Ipv4Addr> = spec
             .external_ips
             .iter()
@@ -192,13 +213,13 @@ pub fn desired(services: &[&Service], slices: &[&EndpointSlice], node: &ThisNode
             for ip in &cluster_ips {
                 out.insert(
                     Frontend::new(*ip, service_port, proto),
-                    select(&eps, internal_local, proto),
+                    want(select(&eps, internal_local, proto)),
                 );
             }
             for ip in &external_ips {
                 out.insert(
                     Frontend::new(*ip, service_port, proto),
-                    select(&eps, external_local, proto),
+                    want(select(&eps, external_local, proto)),
                 );
             }
             let node_port = port
@@ -208,7 +229,7 @@ pub fn desired(services: &[&Service], slices: &[&EndpointSlice], node: &ThisNode
             if let (Some(node_port), "NodePort" | "LoadBalancer") = (node_port, kind) {
                 out.insert(
                     Frontend::new(node.ip, node_port, proto),
-                    select(&eps, external_local, proto),
+                    want(select(&eps, external_local, proto)),
                 );
             }
         }
@@ -265,9 +286,15 @@ mod tests {
         ]));
         let d = desired(&[&web()], &[&eps], &node());
         let http = &d[&Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp)];
-        assert_eq!(ips(http), vec!["10.244.1.2:8080", "10.244.2.2:8080"]);
+        assert_eq!(
+            ips(&http.backends),
+            vec!["10.244.1.2:8080", "10.244.2.2:8080"]
+        );
         let dns = &d[&Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 53, Protocol::Udp)];
-        assert_eq!(ips(dns), vec!["10.244.1.2:5353", "10.244.2.2:5353"]);
+        assert_eq!(
+            ips(&dns.backends),
+            vec!["10.244.1.2:5353", "10.244.2.2:5353"]
+        );
     }
 
     #[test]
@@ -278,9 +305,13 @@ mod tests {
         ]));
         let d = desired(&[&web()], &[&eps], &node());
         let http = &d[&Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp)];
-        assert_eq!(ips(http), vec!["10.244.1.2:8080"]);
+        assert_eq!(ips(&http.backends), vec!["10.244.1.2:8080"]);
         let none = desired(&[&web()], &[], &node());
-        assert!(none[&Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp)].is_empty());
+        assert!(
+            none[&Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp)]
+                .backends
+                .is_empty()
+        );
     }
 
     #[test]
@@ -303,8 +334,26 @@ mod tests {
             Frontend::new(Ipv4Addr::new(192, 0, 2, 7), 80, Protocol::Tcp),
             Frontend::new(Ipv4Addr::new(172, 30, 0, 1), 30080, Protocol::Tcp),
         ] {
-            assert_eq!(ips(&d[&frontend]), vec!["10.244.0.5:8080"], "{frontend}");
+            assert_eq!(
+                ips(&d[&frontend].backends),
+                vec!["10.244.0.5:8080"],
+                "{frontend}"
+            );
         }
+    }
+
+    #[test]
+    fn client_ip_affinity_carries_its_timeout_or_the_default() {
+        let mut svc = web();
+        let spec = svc.spec.as_mut().unwrap();
+        spec.session_affinity = Some("ClientIP".into());
+        let d = desired(&[&svc], &[], &node());
+        let http = Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 80, Protocol::Tcp);
+        assert_eq!(d[&http].affinity, Some(DEFAULT_AFFINITY_SECONDS));
+        svc.spec.as_mut().unwrap().session_affinity_config =
+            serde_json::from_value(json!({"clientIP": {"timeoutSeconds": 60}})).unwrap();
+        assert_eq!(desired(&[&svc], &[], &node())[&http].affinity, Some(60));
+        assert_eq!(desired(&[&web()], &[], &node())[&http].affinity, None);
     }
 
     #[test]

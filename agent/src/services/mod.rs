@@ -10,12 +10,12 @@
 
 pub mod desired;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_ebpf::model::Backend;
+use berth_ebpf::model::{Backend, Frontend};
 use berth_ebpf::{LbMaps, MapSizes, ServiceEntry, SockLb, SockLbConfig};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -91,16 +91,24 @@ impl ServiceLb {
                 report.changes += 1;
             }
         }
-        for (frontend, backends) in &want {
-            let current = have.iter().find(|e| e.frontend == *frontend);
-            if let Some(ordered) = changed(current, backends) {
+        let held: HashMap<Frontend, &ServiceEntry> = have.iter().map(|e| (e.frontend, e)).collect();
+        for (frontend, wanted) in &want {
+            let current = held.get(frontend).copied();
+            let mut wrote = false;
+            if let Some(ordered) = changed(current, &wanted.backends) {
                 self.maps.upsert_service(frontend, &ordered)?;
                 tracing::info!(%frontend, backends = ordered.len(), "service programmed");
+                wrote = true;
+            }
+            if current.and_then(|e| e.affinity_timeout) != wanted.affinity {
+                wrote |= self.maps.set_affinity(frontend, wanted.affinity)?;
+            }
+            if wrote {
                 report.changes += 1;
             }
         }
         report.frontends = want.len();
-        report.backends = want.values().map(Vec::len).sum();
+        report.backends = want.values().map(|w| w.backends.len()).sum();
         Ok(report)
     }
 
@@ -190,29 +198,31 @@ pub fn list(pin_dir: &Path) -> Result<Vec<ServiceEntry>, berth_ebpf::Error> {
 /// `cilium-dbg bpf lb list`).
 pub fn table(entries: &[ServiceEntry]) -> String {
     let mut out = format!(
-        "{:<28} {:<6} {:<34} {}\n",
-        "FRONTEND", "FLAGS", "BACKEND (SLOT)", "BACKEND ID"
+        "{:<28} {:<12} {:<34} {}\n",
+        "FRONTEND", "AFFINITY", "BACKEND (SLOT)", "BACKEND ID"
     );
     for entry in entries {
         let frontend = entry.frontend.to_string();
+        let affinity = entry
+            .affinity_timeout
+            .map_or_else(|| "-".to_string(), |t| format!("ClientIP {t}s"));
         if entry.slots.is_empty() {
             out += &format!(
-                "{frontend:<28} {:<6} {:<34} -\n",
-                entry.flags, "(no backend: refused)"
+                "{frontend:<28} {affinity:<12} {:<34} -\n",
+                "(no backend: refused)"
             );
         }
         for (i, slot) in entry.slots.iter().enumerate() {
             let backend = slot
                 .backend
                 .map_or_else(|| "(missing)".to_string(), |b| b.to_string());
-            let first = if i == 0 { frontend.as_str() } else { "" };
-            let flags = if i == 0 {
-                entry.flags.to_string()
+            let (first, aff) = if i == 0 {
+                (frontend.as_str(), affinity.as_str())
             } else {
-                String::new()
+                ("", "")
             };
             out += &format!(
-                "{first:<28} {flags:<6} {:<34} {}\n",
+                "{first:<28} {aff:<12} {:<34} {}\n",
                 format!("{backend} ({})", slot.slot),
                 slot.backend_id
             );
@@ -221,10 +231,16 @@ pub fn table(entries: &[ServiceEntry]) -> String {
     out
 }
 
+/// What `berth-agent bpf affinity list` prints: every client pinned to a
+/// backend.
+pub fn affinities(pin_dir: &Path) -> Result<Vec<berth_ebpf::AffinityEntry>, berth_ebpf::Error> {
+    LbMaps::open_pinned(pin_dir)?.affinities()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_ebpf::model::{Frontend, Protocol};
+    use berth_ebpf::model::Protocol;
     use berth_ebpf::SlotEntry;
     use std::net::{Ipv4Addr, SocketAddrV4};
 
@@ -239,6 +255,7 @@ mod tests {
         ServiceEntry {
             frontend: Frontend::new(Ipv4Addr::new(10, 96, 0, 1), 80, Protocol::Tcp),
             flags: 0,
+            affinity_timeout: None,
             slots: backends
                 .iter()
                 .enumerate()

@@ -8,6 +8,8 @@
  *       slot 1..count hold one backend id each.
  *   lb4_backends: backend id -> lb4_backend (address, port)
  *   lb4_reverse_sk: (socket cookie, backend) -> frontend, for replies
+ *   lb4_affinity: (client netns cookie, frontend) -> backend, for
+ *       sessionAffinity ClientIP
  *
  * Writers fill backends, then slots, then the master entry, so a program
  * that sees a master entry always finds its slots.
@@ -31,9 +33,13 @@ struct lb4_key {
 	__u8 pad[3];
 };
 
+/* Master entry flags. */
+#define LB4_SVC_AFFINITY 0x1 /* sessionAffinity: ClientIP */
+
 /* Master entry (slot 0) or one backend slot (slot > 0). */
 struct lb4_service {
-	__u32 backend_id;    /* slot > 0: key into lb4_backends; slot 0: 0 */
+	__u32 backend_id;    /* slot > 0: key into lb4_backends;
+			      * slot 0: affinity timeout in seconds */
 	__u16 count;         /* slot 0: number of backend slots; else 0 */
 	__u16 flags;         /* slot 0: LB4_SVC_* flags */
 };
@@ -88,6 +94,32 @@ struct {
 	__uint(max_entries, 262144);
 } lb4_reverse_sk SEC(".maps");
 
+/*
+ * Session affinity: (client, frontend) -> the backend it was given and
+ * when it last used it. At the socket layer the client is its network
+ * namespace (a pod: all its processes share one), named by its cookie.
+ */
+struct lb4_affinity_key {
+	__u64 client;        /* network namespace cookie */
+	__be32 address;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad;
+};
+
+struct lb4_affinity {
+	__u64 last_used_ns;  /* bpf_ktime_get_ns() of the last connect */
+	__u32 backend_id;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_affinity_key);
+	__type(value, struct lb4_affinity);
+	__uint(max_entries, 65536);
+} lb4_affinity SEC(".maps");
+
 /* The master entry of the service at (address, port, proto), or NULL. */
 static __always_inline struct lb4_service *
 lb4_lookup_service(__be32 address, __be16 port, __u8 proto)
@@ -103,11 +135,12 @@ lb4_lookup_service(__be32 address, __be16 port, __u8 proto)
 
 /*
  * Pick a backend of `svc` (a master entry for address/port/proto) at
- * random among its slots. NULL when the slot or backend is missing.
+ * random among its slots; its id goes to *id. NULL when the slot or
+ * backend is missing.
  */
 static __always_inline struct lb4_backend *
 lb4_select_backend(const struct lb4_service *svc, __be32 address, __be16 port,
-		   __u8 proto)
+		   __u8 proto, __u32 *id)
 {
 	struct lb4_key key = {
 		.address = address,
@@ -122,7 +155,41 @@ lb4_select_backend(const struct lb4_service *svc, __be32 address, __be16 port,
 	slot = bpf_map_lookup_elem(&lb4_services, &key);
 	if (!slot)
 		return NULL;
+	*id = slot->backend_id;
 	return bpf_map_lookup_elem(&lb4_backends, &slot->backend_id);
+}
+
+/*
+ * The backend `client` was given for this frontend, while its affinity
+ * (svc->backend_id seconds since the last use) holds and the backend
+ * still exists; NULL otherwise. The agent removes entries pointing at
+ * backends a service no longer has.
+ */
+static __always_inline struct lb4_backend *
+lb4_affinity_backend(const struct lb4_service *svc,
+		     const struct lb4_affinity_key *key, __u64 now)
+{
+	struct lb4_affinity *entry;
+
+	entry = bpf_map_lookup_elem(&lb4_affinity, key);
+	if (!entry)
+		return NULL;
+	if (now - entry->last_used_ns > (__u64)svc->backend_id * 1000000000ULL)
+		return NULL;
+	entry->last_used_ns = now;
+	return bpf_map_lookup_elem(&lb4_backends, &entry->backend_id);
+}
+
+/* Remember that `client` was given backend `id`. */
+static __always_inline void
+lb4_affinity_update(const struct lb4_affinity_key *key, __u32 id, __u64 now)
+{
+	struct lb4_affinity entry = {
+		.last_used_ns = now,
+		.backend_id = id,
+	};
+
+	bpf_map_update_elem(&lb4_affinity, key, &entry, BPF_ANY);
 }
 
 #endif /* BERTH_LB4_H */

@@ -45,14 +45,32 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 	__be16 port = (__be16)ctx->user_port;
 	__u8 proto = (__u8)ctx->protocol;
 	struct lb4_service *svc;
-	struct lb4_backend *backend;
+	struct lb4_backend *backend = NULL;
+	struct lb4_affinity_key affinity = {
+		.address = address,
+		.dport = port,
+		.proto = proto,
+	};
+	__u64 now = 0;
+	__u32 id = 0;
 
 	svc = lb4_lookup_service(address, port, proto);
 	if (!svc)
 		return SYS_PROCEED;
-	backend = lb4_select_backend(svc, address, port, proto);
-	if (!backend)
+	if (svc->count == 0)
 		return SYS_REJECT;
+	if (svc->flags & LB4_SVC_AFFINITY) {
+		affinity.client = bpf_get_netns_cookie(ctx);
+		now = bpf_ktime_get_ns();
+		backend = lb4_affinity_backend(svc, &affinity, now);
+	}
+	if (!backend) {
+		backend = lb4_select_backend(svc, address, port, proto, &id);
+		if (!backend)
+			return SYS_REJECT;
+		if (svc->flags & LB4_SVC_AFFINITY)
+			lb4_affinity_update(&affinity, id, now);
+	}
 	sock4_remember(ctx, backend, address, port);
 	ctx->user_ip4 = backend->address;
 	ctx->user_port = backend->port;
