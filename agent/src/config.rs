@@ -4,6 +4,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
+use berth_ebpf::MapSizes;
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
 
@@ -50,6 +51,46 @@ pub struct ServicesConfig {
     /// machine's cgroup2 root (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified`
     /// on a hybrid v1/v2 machine). Simulated nodes set their own subtree.
     pub cgroup: Option<PathBuf>,
+    /// Map sizes, used when the maps are first created (pinned maps keep
+    /// theirs: remove the pins to resize).
+    pub map_sizes: MapSizesConfig,
+}
+
+/// Entries of each load-balancing map.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MapSizesConfig {
+    /// `lb4_services`: one per frontend plus one per backend slot.
+    pub services: u32,
+    /// `lb4_backends`: one per distinct backend.
+    pub backends: u32,
+    /// `lb4_reverse_sk`: one per socket and backend (LRU).
+    pub reverse: u32,
+    /// `lb4_affinity`: one per client and frontend with affinity (LRU).
+    pub affinity: u32,
+}
+
+impl Default for MapSizesConfig {
+    fn default() -> Self {
+        let d = MapSizes::default();
+        MapSizesConfig {
+            services: d.services,
+            backends: d.backends,
+            reverse: d.reverse,
+            affinity: d.affinity,
+        }
+    }
+}
+
+impl From<MapSizesConfig> for MapSizes {
+    fn from(c: MapSizesConfig) -> Self {
+        MapSizes {
+            services: c.services,
+            backends: c.backends,
+            reverse: c.reverse,
+            affinity: c.affinity,
+        }
+    }
 }
 
 impl Default for ServicesConfig {
@@ -57,6 +98,7 @@ impl Default for ServicesConfig {
         ServicesConfig {
             pin_dir: PathBuf::from("/sys/fs/bpf/berth"),
             cgroup: None,
+            map_sizes: MapSizesConfig::default(),
         }
     }
 }

@@ -94,6 +94,9 @@ struct Cli {
     /// cgroup2 directory whose processes get service load balancing [default: the cgroup2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
+    /// Entries of the services map (frontends + backend slots) [default: 65536].
+    #[arg(long)]
+    lb_services_map_size: Option<u32>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -185,6 +188,10 @@ impl Cli {
         set(&mut c.cni.cluster_cidr, self.cluster_cidr);
         set(&mut c.services.pin_dir, self.bpf_pin_dir);
         set(&mut c.services.cgroup, self.cgroup.map(Some));
+        set(
+            &mut c.services.map_sizes.services,
+            self.lb_services_map_size,
+        );
         c.validate()?;
         Ok(c)
     }
@@ -404,13 +411,14 @@ fn start_services(
         ip: node_ip,
     };
     let (services, slices) = (caches.services.clone(), caches.endpoint_slices.clone());
+    let map_sizes = config.services.map_sizes.into();
     let resync = Duration::from_secs(config.overlay.resync_seconds);
     let metrics = Arc::clone(metrics);
     let runtime = tokio::runtime::Handle::current();
     let (started, ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("services".into())
-        .spawn(move || match ServiceLb::start(&placement, this) {
+        .spawn(move || match ServiceLb::start(&placement, map_sizes, this) {
             Ok(lb) => {
                 tracing::info!(cgroup = %placement.cgroup.display(), pins = %placement.pin_dir.display(), "service load balancer attached");
                 let _ = started.send(Ok(()));

@@ -36,6 +36,8 @@ pub struct Metrics {
     pub lb_sync_failures: Counter,
     /// Frontends written or removed.
     pub lb_changes: Counter,
+    /// Frontends not written because a map was full.
+    pub lb_map_full: Counter,
     /// Frontends programmed.
     pub lb_frontends: Gauge,
     /// Backend slots programmed.
@@ -104,6 +106,12 @@ impl Default for Metrics {
         let lb_syncs = Counter::default();
         let lb_sync_failures = Counter::default();
         let lb_changes = Counter::default();
+        let lb_map_full = Counter::default();
+        registry.register(
+            "lb_map_full",
+            "Service frontends not programmed because a map was full (raise services.mapSizes)",
+            lb_map_full.clone(),
+        );
         let lb_frontends = Gauge::default();
         let lb_backends = Gauge::default();
         let lb_sync_seconds = Gauge::<f64, AtomicU64>::default();
@@ -143,6 +151,7 @@ impl Default for Metrics {
             lb_syncs,
             lb_sync_failures,
             lb_changes,
+            lb_map_full,
             lb_frontends,
             lb_backends,
             lb_sync_seconds,

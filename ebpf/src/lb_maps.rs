@@ -106,6 +106,9 @@ pub struct LbMaps {
     refs: HashMap<u32, u32>,
     /// Where the search for a free backend id starts.
     next_id: u32,
+    /// Entries in `lb4_services` (masters and slots), to refuse a write
+    /// that would not fit before any of it is made.
+    service_count: u32,
 }
 
 impl LbMaps {
@@ -124,6 +127,7 @@ impl LbMaps {
             backend_ids: HashMap::new(),
             refs: HashMap::new(),
             next_id: 1,
+            service_count: 0,
         };
         maps.reindex()?;
         Ok(maps)
@@ -139,7 +143,9 @@ impl LbMaps {
             }
             self.refs.insert(id, 0);
         }
-        for (key, value) in self.service_entries()? {
+        let services = self.service_entries()?;
+        self.service_count = u32::try_from(services.len()).unwrap_or(u32::MAX);
+        for (key, value) in services {
             if key.backend_slot > 0 {
                 *self.refs.entry(value.backend_id).or_insert(0) += 1;
             }
@@ -189,6 +195,28 @@ impl LbMaps {
         let old_master = self.master(frontend)?;
         let old_ids = self.slot_ids(frontend, old_master.map_or(0, |m| m.count))?;
 
+        // A change that does not fit is refused whole, before any write:
+        // a full map never leaves a frontend half-programmed.
+        let added = u32::from(old_master.is_none())
+            + u32::try_from(wanted.len().saturating_sub(old_ids.len())).unwrap_or(u32::MAX);
+        let removed = u32::try_from(old_ids.len().saturating_sub(wanted.len())).unwrap_or(0);
+        if self.service_count.saturating_add(added) > self.services.max_entries() {
+            return Err(Error::MapFull {
+                map: SERVICES_MAP,
+                max_entries: self.services.max_entries(),
+            });
+        }
+        let new_backends = wanted
+            .iter()
+            .filter(|b| !self.backend_ids.contains_key(b))
+            .count();
+        if self.refs.len() + new_backends > self.backends.max_entries() as usize {
+            return Err(Error::MapFull {
+                map: BACKENDS_MAP,
+                max_entries: self.backends.max_entries(),
+            });
+        }
+
         let mut new_ids = Vec::with_capacity(wanted.len());
         for backend in wanted {
             new_ids.push(self.backend_id(backend)?);
@@ -215,6 +243,10 @@ impl LbMaps {
                 &encode::master_entry(count, flags, timeout),
             )?;
         }
+        self.service_count = self
+            .service_count
+            .saturating_add(added)
+            .saturating_sub(removed);
         // Clients pinned to a backend this frontend no longer has start over.
         let kept: HashSet<u32> = new_ids.iter().copied().collect();
         self.forget_affinity(frontend, |id| !kept.contains(&id))?;
@@ -305,6 +337,8 @@ impl LbMaps {
         for i in 0..ids.len() {
             self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
         }
+        let removed = u32::try_from(ids.len() + 1).unwrap_or(u32::MAX);
+        self.service_count = self.service_count.saturating_sub(removed);
         self.release(ids.iter().flatten())?;
         self.forget_affinity(frontend, |_| true)?;
         Ok(true)

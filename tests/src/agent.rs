@@ -39,6 +39,8 @@ pub struct AgentConfig<'a> {
     pub pin_dir: &'a Path,
     /// The node's cgroup2 subtree (service load balancer's socket hooks).
     pub cgroup: &'a Path,
+    /// More flags.
+    pub extra_args: &'a [String],
 }
 
 impl Agent {
@@ -66,6 +68,7 @@ impl Agent {
             .arg(config.pin_dir)
             .arg("--cgroup")
             .arg(config.cgroup)
+            .args(config.extra_args)
             // Simulated nodes resync often: repairs show within 2 s.
             .args(["--overlay-resync", "2"])
             .stdin(Stdio::null())

@@ -30,6 +30,8 @@ pub struct ClusterConfig {
     pub listen: SocketAddr,
     /// Metrics port of node 0's agent; node i uses this + i.
     pub metrics_port: u16,
+    /// More flags for every agent.
+    pub agent_args: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -43,6 +45,7 @@ impl ClusterConfig {
             state_dir: std::env::temp_dir().join(format!("{prefix}-state")),
             listen: SocketAddr::from(([127, 0, 0, 1], free_ports(1))),
             metrics_port: free_ports(MAX_AGENTS),
+            agent_args: Vec::new(),
         }
     }
 }
@@ -284,6 +287,7 @@ impl Cluster {
             cni_dir: &dir.join("cni"),
             pin_dir: node.pin_dir(),
             cgroup: node.cgroup().path(),
+            extra_args: &self.config.agent_args,
         })?;
         self.agents()[i] = Some(agent);
         Ok(())

@@ -149,6 +149,7 @@ fn up(
             state_dir: data_dir(prefix),
             listen,
             metrics_port,
+            agent_args: Vec::new(),
         },
     )
     .context("starting the cluster")?;

@@ -554,3 +554,70 @@ fn ten_thousand_services_are_programmed_and_listed() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_full_map_is_reported_and_counted_and_other_services_still_programmed() {
+    require_root();
+    let config = TestbedConfig::new(1);
+    let mut cluster_config = ClusterConfig::beside_current_exe(&config.prefix);
+    // Room for 16 entries: the `kubernetes` Service (1), `small` (1 + 2),
+    // never `big` (1 + 20).
+    cluster_config.agent_args = vec!["--lb-services-map-size".into(), "16".into()];
+    let cluster =
+        Cluster::start(Testbed::new(&config).expect("testbed"), cluster_config).expect("cluster");
+    for (name, count) in [("big", 20), ("small", 2)] {
+        cluster
+            .apply(&json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default"},
+                "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP"}]},
+            }))
+            .expect("Service");
+        let endpoints: Vec<Value> = (0..count)
+            .map(|i| json!({"addresses": [format!("10.244.9.{}", i + 1)]}))
+            .collect();
+        cluster
+            .apply(&json!({
+                "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": name, "namespace": "default", "labels": {"kubernetes.io/service-name": name}},
+                "addressType": "IPv4",
+                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                "endpoints": endpoints,
+            }))
+            .expect("EndpointSlice");
+    }
+    let small: Ipv4Addr = cluster
+        .kubectl(&[
+            "get",
+            "service",
+            "small",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ])
+        .expect("cluster IP")
+        .parse()
+        .expect("IPv4");
+    wait_programmed(&cluster, 0, &format!("{small}:80/TCP"), 2);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = cluster.agent_metrics(0);
+        let full = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_agent_lb_map_full_total "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        if full > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a full map was never counted\n{metrics}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let logs = cluster.agent_logs();
+    assert!(
+        logs.contains("is full"),
+        "the agent did not say which map is full:\n{logs}"
+    );
+}

@@ -25,14 +25,18 @@ use crate::metrics::Metrics;
 use desired::ThisNode;
 
 /// What one pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SyncReport {
-    /// Frontends in the maps afterwards.
+    /// Frontends wanted.
     pub frontends: usize,
-    /// Backend slots in the maps afterwards.
+    /// Backend slots wanted.
     pub backends: usize,
     /// Frontends written or removed.
     pub changes: usize,
+    /// Frontends that could not be written, with why. The others were.
+    pub failures: Vec<String>,
+    /// Of those, how many because a map was full.
+    pub map_full: usize,
 }
 
 /// The node's service load balancer.
@@ -56,14 +60,18 @@ pub struct Placement {
 
 impl ServiceLb {
     /// Attaches (or adopts) the datapath and opens its maps.
-    pub fn start(placement: &Placement, node: ThisNode) -> Result<Self, berth_ebpf::Error> {
+    pub fn start(
+        placement: &Placement,
+        map_sizes: MapSizes,
+        node: ThisNode,
+    ) -> Result<Self, berth_ebpf::Error> {
         if let Some(root) = bpffs_root(&placement.pin_dir) {
             berth_ebpf::bpffs::ensure_mounted(root)?;
         }
         let lb = SockLb::attach(
             &SockLbConfig {
                 pin_dir: placement.pin_dir.clone(),
-                map_sizes: MapSizes::default(),
+                map_sizes,
             },
             &placement.cgroup,
         )?;
@@ -75,7 +83,9 @@ impl ServiceLb {
         })
     }
 
-    /// Takes the maps to what `services` and `slices` need.
+    /// Takes the maps to what `services` and `slices` need. A frontend that
+    /// cannot be written (a full map) is reported and the others still
+    /// are; only failing to read the maps fails the pass.
     pub fn sync(
         &mut self,
         services: &[&Service],
@@ -84,32 +94,54 @@ impl ServiceLb {
         let want = desired::desired(services, slices, &self.node);
         let have = self.maps.services()?;
         let mut report = SyncReport::default();
+        let fail = |report: &mut SyncReport, frontend: &Frontend, e: berth_ebpf::Error| {
+            if matches!(e, berth_ebpf::Error::MapFull { .. }) {
+                report.map_full += 1;
+            }
+            report.failures.push(format!("{frontend}: {e}"));
+        };
         for entry in &have {
             if !want.contains_key(&entry.frontend) {
-                self.maps.remove_service(&entry.frontend)?;
-                tracing::info!(frontend = %entry.frontend, "service removed");
-                report.changes += 1;
+                match self.maps.remove_service(&entry.frontend) {
+                    Ok(_) => {
+                        tracing::info!(frontend = %entry.frontend, "service removed");
+                        report.changes += 1;
+                    }
+                    Err(e) => fail(&mut report, &entry.frontend, e),
+                }
             }
         }
         let held: HashMap<Frontend, &ServiceEntry> = have.iter().map(|e| (e.frontend, e)).collect();
         for (frontend, wanted) in &want {
             let current = held.get(frontend).copied();
-            let mut wrote = false;
-            if let Some(ordered) = changed(current, &wanted.backends) {
-                self.maps.upsert_service(frontend, &ordered)?;
-                tracing::info!(%frontend, backends = ordered.len(), "service programmed");
-                wrote = true;
-            }
-            if current.and_then(|e| e.affinity_timeout) != wanted.affinity {
-                wrote |= self.maps.set_affinity(frontend, wanted.affinity)?;
-            }
-            if wrote {
-                report.changes += 1;
+            match self.write(frontend, current, wanted) {
+                Ok(true) => report.changes += 1,
+                Ok(false) => {}
+                Err(e) => fail(&mut report, frontend, e),
             }
         }
         report.frontends = want.len();
         report.backends = want.values().map(|w| w.backends.len()).sum();
         Ok(report)
+    }
+
+    /// Writes one frontend where it differs; returns whether it did.
+    fn write(
+        &mut self,
+        frontend: &Frontend,
+        current: Option<&ServiceEntry>,
+        wanted: &desired::Want,
+    ) -> Result<bool, berth_ebpf::Error> {
+        let mut wrote = false;
+        if let Some(ordered) = changed(current, &wanted.backends) {
+            self.maps.upsert_service(frontend, &ordered)?;
+            tracing::info!(%frontend, backends = ordered.len(), "service programmed");
+            wrote = true;
+        }
+        if current.and_then(|e| e.affinity_timeout) != wanted.affinity {
+            wrote |= self.maps.set_affinity(frontend, wanted.affinity)?;
+        }
+        Ok(wrote)
     }
 
     /// Reconciles on every change of the Service or EndpointSlice cache,
@@ -140,6 +172,15 @@ impl ServiceLb {
             let eps: Vec<&EndpointSlice> = all_slices.iter().map(AsRef::as_ref).collect();
             match self.sync(&svc, &eps) {
                 Ok(report) => {
+                    if let Some(first) = report.failures.first() {
+                        metrics.lb_sync_failures.inc();
+                        metrics.lb_map_full.inc_by(report.map_full as u64);
+                        tracing::error!(
+                            failed = report.failures.len(),
+                            %first,
+                            "some services could not be programmed; retrying"
+                        );
+                    }
                     metrics.lb_syncs.inc();
                     metrics.lb_changes.inc_by(report.changes as u64);
                     metrics.lb_frontends.set(report.frontends as i64);
