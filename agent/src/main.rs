@@ -137,6 +137,14 @@ enum Affinity {
 
 #[derive(Debug, clap::Subcommand)]
 enum Lb {
+    /// Which backend the datapath would pick for a frontend, and why.
+    Explain {
+        /// The frontend, `IP:PORT/PROTO` (e.g. 10.96.0.10:53/UDP).
+        frontend: berth_ebpf::model::Frontend,
+        /// bpffs directory of the node's maps.
+        #[arg(long, default_value = "/sys/fs/bpf/berth")]
+        pin_dir: PathBuf,
+    },
     /// Every frontend with its backends, slots and flags.
     List {
         /// bpffs directory of the node's maps.
@@ -224,6 +232,14 @@ fn bpf(what: Bpf) -> anyhow::Result<()> {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
                 Output::Table => print!("{}", berth_agent::services::table(&entries)),
             }
+            Ok(())
+        }
+        Bpf::Lb {
+            what: Lb::Explain { frontend, pin_dir },
+        } => {
+            let text = berth_agent::services::explain(&pin_dir, &frontend)
+                .with_context(|| format!("reading the maps pinned in {}", pin_dir.display()))?;
+            print!("{text}");
             Ok(())
         }
         Bpf::Affinity {

@@ -167,6 +167,21 @@ fn wait_programmed(cluster: &Cluster, i: usize, frontend: &str, backends: usize)
     }
 }
 
+/// `berth-agent bpf lb explain FRONTEND` on node 0.
+fn explain(cluster: &Cluster, frontend: &str) -> String {
+    let pins = cluster.testbed().nodes()[0].pin_dir().display().to_string();
+    let out = std::process::Command::new(workspace_bin("berth-agent"))
+        .args(["bpf", "lb", "explain", frontend, "--pin-dir", &pins])
+        .output()
+        .expect("bpf lb explain");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// How often each reply's first word came back.
 fn tally(lines: &[String]) -> BTreeMap<String, usize> {
     let mut counts = BTreeMap::new();
@@ -228,6 +243,18 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
         lines.iter().all(|l| l.ends_with(&format!(" {tcp_target}"))),
         "getpeername shows the backend: {lines:?}"
     );
+
+    let explained = explain(&cluster, &tcp_frontend);
+    assert!(
+        explained.contains("one of 3 backends at random"),
+        "{explained}"
+    );
+    for b in &backends {
+        assert!(
+            explained.contains(&format!("{}:{TCP_PORT}/TCP", b.ip)),
+            "{explained}"
+        );
+    }
 
     // UDP from an unconnected socket: every backend answers, and every
     // answer comes from the cluster IP (recvmsg translated back).
@@ -342,6 +369,10 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
         table.contains(&tcp_frontend) && table.contains("refused"),
         "{table}"
     );
+    let explained = explain(&cluster, &tcp_frontend);
+    assert!(explained.contains("refused at once"), "{explained}");
+    let explained = explain(&cluster, "192.0.2.1:80/TCP");
+    assert!(explained.contains("not a service frontend"), "{explained}");
 }
 
 #[test]

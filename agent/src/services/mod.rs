@@ -272,6 +272,61 @@ pub fn table(entries: &[ServiceEntry]) -> String {
     out
 }
 
+/// Which backend the datapath would pick for a connection to `frontend`,
+/// and why, as text for people.
+pub fn explain(pin_dir: &Path, frontend: &Frontend) -> Result<String, berth_ebpf::Error> {
+    let maps = LbMaps::open_pinned(pin_dir)?;
+    let Some(entry) = maps
+        .services()?
+        .into_iter()
+        .find(|e| e.frontend == *frontend)
+    else {
+        return Ok(format!(
+            "{frontend} is not a service frontend on this node: a connection to it is not translated.\n"
+        ));
+    };
+    if entry.slots.is_empty() {
+        return Ok(format!(
+            "{frontend} has no backend: connect() and sendmsg() to it are refused at once (EPERM).\n"
+        ));
+    }
+    let n = entry.slots.len();
+    let mut out = format!(
+        "{frontend}: each new socket (or unconnected UDP datagram) gets one of {n} backends at random, \
+         each with probability 1/{n}; replies and getpeername() show {frontend} again.\n"
+    );
+    for slot in &entry.slots {
+        let backend = slot
+            .backend
+            .map_or_else(|| "(missing: refused)".to_string(), |b| b.to_string());
+        out += &format!(
+            "  slot {:>3}  backend id {:>6}  {backend}\n",
+            slot.slot, slot.backend_id
+        );
+    }
+    if let Some(timeout) = entry.affinity_timeout {
+        out += &format!(
+            "sessionAffinity ClientIP ({timeout} s): a client (a pod: its network namespace) that connected \
+             within {timeout} s of its last connection keeps its backend:\n"
+        );
+        let pinned: Vec<_> = maps
+            .affinities()?
+            .into_iter()
+            .filter(|a| a.frontend == *frontend)
+            .collect();
+        if pinned.is_empty() {
+            out += "  (no client pinned yet)\n";
+        }
+        for a in pinned {
+            let backend = a
+                .backend
+                .map_or_else(|| format!("(id {})", a.backend_id), |b| b.to_string());
+            out += &format!("  client netns {:<20} -> {backend}\n", a.client);
+        }
+    }
+    Ok(out)
+}
+
 /// What `berth-agent bpf affinity list` prints: every client pinned to a
 /// backend.
 pub fn affinities(pin_dir: &Path) -> Result<Vec<berth_ebpf::AffinityEntry>, berth_ebpf::Error> {
