@@ -31,6 +31,20 @@ pub(crate) enum Probe {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// Request/response round trips of one byte; prints `p50 p99` in
+    /// microseconds.
+    Rr {
+        /// The echo server.
+        #[arg(long)]
+        target: SocketAddr,
+        /// Round trips measured (after 10% as many to warm up).
+        #[arg(long, default_value_t = 10_000)]
+        count: usize,
+        /// A new connection per round trip (connect, exchange, close)
+        /// instead of one connection for all.
+        #[arg(long)]
+        new_connections: bool,
+    },
     /// One TCP connection held open for a while: prints `connected
     /// <greeting>`, then exchanges a line every 50 ms and prints `held
     /// <exchanges>`, or `error <what>` when the connection breaks.
@@ -42,6 +56,45 @@ pub(crate) enum Probe {
         #[arg(long)]
         seconds: u64,
     },
+}
+
+/// Round-trip times (µs) of one-byte exchanges with an echo server.
+fn round_trips(
+    target: SocketAddr,
+    count: usize,
+    new_connections: bool,
+) -> std::io::Result<Vec<f64>> {
+    use std::io::Read;
+    let connect = || -> std::io::Result<TcpStream> {
+        let conn = TcpStream::connect(target)?;
+        conn.set_nodelay(true)?;
+        Ok(conn)
+    };
+    let warmup = (count / 10).max(1);
+    let mut samples = Vec::with_capacity(count);
+    let mut byte = [0u8; 1];
+    let mut persistent = if new_connections {
+        None
+    } else {
+        Some(connect()?)
+    };
+    for i in 0..warmup + count {
+        let start = Instant::now();
+        let mut fresh;
+        let conn = match persistent.as_mut() {
+            Some(conn) => conn,
+            None => {
+                fresh = connect()?;
+                &mut fresh
+            }
+        };
+        conn.write_all(&[1])?;
+        conn.read_exact(&mut byte)?;
+        if i >= warmup {
+            samples.push(start.elapsed().as_secs_f64() * 1e6);
+        }
+    }
+    Ok(samples)
 }
 
 pub(crate) fn run(probe: Probe) -> anyhow::Result<()> {
@@ -76,6 +129,16 @@ pub(crate) fn run(probe: Probe) -> anyhow::Result<()> {
                     .unwrap_or_else(|e| format!("error {}", e.kind()));
                 writeln!(out, "{line}")?;
             }
+        }
+        Probe::Rr {
+            target,
+            count,
+            new_connections,
+        } => {
+            let mut samples = round_trips(target, count, new_connections)?;
+            samples.sort_by(f64::total_cmp);
+            let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+            writeln!(out, "{:.1} {:.1}", at(0.5), at(0.99))?;
         }
         Probe::Hold { target, seconds } => {
             let outcome = (|| -> std::io::Result<String> {
