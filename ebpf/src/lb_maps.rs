@@ -217,23 +217,21 @@ impl LbMaps {
             });
         }
 
-        let mut new_ids = Vec::with_capacity(wanted.len());
-        for backend in wanted {
-            new_ids.push(self.backend_id(backend)?);
-        }
+        let new_ids = self.backend_ids_for(wanted)?;
         for id in &new_ids {
             *self.refs.entry(*id).or_insert(0) += 1;
         }
 
+        // Changed slots in one batch (one system call).
+        let mut slot_keys = Vec::new();
+        let mut slot_values = Vec::new();
         for (i, id) in new_ids.iter().enumerate() {
             if old_ids.get(i) != Some(&Some(*id)) {
-                let slot = slot_number(i);
-                self.put_service(
-                    &encode::service_key(frontend, slot),
-                    &encode::slot_entry(*id),
-                )?;
+                slot_keys.push(encode::service_key(frontend, slot_number(i)));
+                slot_values.push(encode::slot_entry(*id));
             }
         }
+        update_batch(&self.services, SERVICES_MAP, &slot_keys, &slot_values)?;
         let count = u16::try_from(new_ids.len()).unwrap_or(u16::MAX);
         if old_master.map(|m| m.count) != Some(count) {
             let flags = old_master.map_or(0, |m| m.flags);
@@ -247,9 +245,12 @@ impl LbMaps {
             .service_count
             .saturating_add(added)
             .saturating_sub(removed);
-        // Clients pinned to a backend this frontend no longer has start over.
-        let kept: HashSet<u32> = new_ids.iter().copied().collect();
-        self.forget_affinity(frontend, |id| !kept.contains(&id))?;
+        // Clients pinned to a backend this frontend no longer has start
+        // over (only a frontend with affinity can have pinned clients).
+        if old_master.is_some_and(|m| m.flags & encode::FLAG_AFFINITY != 0) {
+            let kept: HashSet<u32> = new_ids.iter().copied().collect();
+            self.forget_affinity(frontend, |id| !kept.contains(&id))?;
+        }
         for i in new_ids.len()..old_ids.len() {
             self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
         }
@@ -390,19 +391,26 @@ impl LbMaps {
         Ok(entries)
     }
 
-    /// The id of `backend`, writing a new entry if it has none yet.
-    fn backend_id(&mut self, backend: &Backend) -> Result<u32, Error> {
-        if let Some(id) = self.backend_ids.get(backend) {
-            return Ok(*id);
+    /// The ids of `backends`, writing entries (in one batch) for those
+    /// that have none yet.
+    fn backend_ids_for(&mut self, backends: &[Backend]) -> Result<Vec<u32>, Error> {
+        let mut ids = Vec::with_capacity(backends.len());
+        let mut new_keys = Vec::new();
+        let mut new_values = Vec::new();
+        for backend in backends {
+            if let Some(id) = self.backend_ids.get(backend) {
+                ids.push(*id);
+                continue;
+            }
+            let id = self.free_id()?;
+            new_keys.push(id);
+            new_values.push(encode::backend_entry(backend));
+            self.backend_ids.insert(*backend, id);
+            self.refs.insert(id, 0);
+            ids.push(id);
         }
-        let id = self.free_id()?;
-        let entry = encode::backend_entry(backend);
-        self.backends
-            .update(bytes_of(&id), bytes_of(&entry), MapFlags::ANY)
-            .map_err(|e| map_write_error(BACKENDS_MAP, &self.backends, e))?;
-        self.backend_ids.insert(*backend, id);
-        self.refs.insert(id, 0);
-        Ok(id)
+        update_batch(&self.backends, BACKENDS_MAP, &new_keys, &new_values)?;
+        Ok(ids)
     }
 
     fn free_id(&mut self) -> Result<u32, Error> {
@@ -475,6 +483,40 @@ impl LbMaps {
     fn backend_entries(&self) -> Result<Vec<(u32, lb4_backend)>, Error> {
         entries(&self.backends, BACKENDS_MAP)
     }
+}
+
+/// Writes `keys[i]` → `values[i]` with one system call.
+fn update_batch<K: encode::MapEntry, V: encode::MapEntry>(
+    map: &MapHandle,
+    name: &'static str,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), Error> {
+    let Ok(count) = u32::try_from(keys.len()) else {
+        return Err(Error::MapFull {
+            map: name,
+            max_entries: map.max_entries(),
+        });
+    };
+    if count == 0 {
+        return Ok(());
+    }
+    let key_bytes: Vec<u8> = keys
+        .iter()
+        .flat_map(|k| bytes_of(k).iter().copied())
+        .collect();
+    let value_bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|v| bytes_of(v).iter().copied())
+        .collect();
+    map.update_batch(
+        &key_bytes,
+        &value_bytes,
+        count,
+        MapFlags::ANY,
+        MapFlags::ANY,
+    )
+    .map_err(|e| map_write_error(name, map, e))
 }
 
 /// Slot number of the `i`-th backend (slots start at 1).
