@@ -7,6 +7,8 @@
 //!   pins its maps under a bpffs directory and attaches it to a cgroup2
 //!   directory;
 //! - [`LbMaps`] programs services into the pinned maps and reads them back;
+//! - [`destroy_udp_connected_to`] closes UDP sockets still connected to
+//!   backends that went away;
 //! - [`model`] is the service model those maps encode. It knows nothing of
 //!   Kubernetes.
 
@@ -16,8 +18,10 @@ mod error;
 mod lb_maps;
 pub mod model;
 mod skel;
+mod sock_destroy;
 mod sock_lb;
 
 pub use error::Error;
 pub use lb_maps::{AffinityEntry, LbMaps, MapSizes, ServiceEntry, SlotEntry};
+pub use sock_destroy::destroy_udp_connected_to;
 pub use sock_lb::{SockLb, SockLbConfig};

@@ -31,6 +31,15 @@ pub(crate) enum Probe {
         #[arg(long, default_value_t = 1)]
         count: usize,
     },
+    /// One connected UDP socket: sends a datagram, prints `connected
+    /// <reply>`, then waits (up to 60 s) for more and prints `error
+    /// <what>` when its socket fails (closed by the load balancer when the
+    /// backend goes away).
+    UdpHold {
+        /// Where to connect.
+        #[arg(long)]
+        target: SocketAddr,
+    },
     /// Request/response round trips of one byte; prints `p50 p99` in
     /// microseconds.
     Rr {
@@ -139,6 +148,26 @@ pub(crate) fn run(probe: Probe) -> anyhow::Result<()> {
             samples.sort_by(f64::total_cmp);
             let at = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
             writeln!(out, "{:.1} {:.1}", at(0.5), at(0.99))?;
+        }
+        Probe::UdpHold { target } => {
+            let socket = UdpSocket::bind("0.0.0.0:0")?;
+            socket.connect(target)?;
+            socket.set_read_timeout(Some(timeout))?;
+            let mut buf = [0u8; 512];
+            socket.send(b"ping")?;
+            let n = socket.recv(&mut buf)?;
+            writeln!(
+                out,
+                "connected {}",
+                String::from_utf8_lossy(&buf[..n]).trim_end()
+            )?;
+            out.flush()?;
+            socket.set_read_timeout(Some(Duration::from_secs(60)))?;
+            let line = match socket.recv(&mut buf) {
+                Ok(n) => format!("data {}", String::from_utf8_lossy(&buf[..n]).trim_end()),
+                Err(e) => format!("error {:?}", e.kind()),
+            };
+            writeln!(out, "{line}")?;
         }
         Probe::Hold { target, seconds } => {
             let outcome = (|| -> std::io::Result<String> {

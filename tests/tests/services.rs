@@ -300,11 +300,26 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
         assert!(node.contains(hook), "{hook} missing on n0's cgroup: {node}");
     }
 
-    // A backend leaves: new connections never reach it.
-    endpoints(
-        &cluster,
-        &[(&backends[0], ready()), (&backends[1], ready())],
-    );
+    // A UDP client with a connected socket talks to one backend...
+    let mut udp_client = cluster
+        .probe_command(0, &client, &["udp-hold", "--target", &udp_target])
+        .expect("probe")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn probe");
+    let mut udp_lines = BufReader::new(udp_client.stdout.take().expect("stdout")).lines();
+    let connected = udp_lines.next().expect("a line").expect("read");
+    let leaving = connected
+        .strip_prefix("connected ")
+        .unwrap_or_else(|| panic!("{connected}"))
+        .to_string();
+    let staying: Vec<&BackendPod> = backends.iter().filter(|b| b.name != leaving).collect();
+    assert_eq!(staying.len(), 2, "{connected}");
+
+    // ...which leaves: new connections never reach it, and the UDP
+    // client's socket is closed at once (its recv fails), not left talking
+    // into the void.
+    endpoints(&cluster, &[(staying[0], ready()), (staying[1], ready())]);
     wait_programmed(&cluster, 0, &tcp_frontend, 2);
     let counts = tally(
         &cluster
@@ -315,19 +330,25 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
             )
             .expect("probe"),
     );
-    assert!(!counts.contains_key("web2"), "{counts:?}");
+    assert!(!counts.contains_key(&leaving), "{counts:?}");
     assert_eq!(counts.values().sum::<usize>(), 60, "{counts:?}");
+    let closed = udp_lines.next().expect("a line").expect("read");
+    assert_eq!(
+        closed, "error ConnectionAborted",
+        "the connected UDP socket was not closed"
+    );
+    let _ = udp_client.wait();
 
     // None ready: the serving-and-terminating one takes the traffic.
     endpoints(
         &cluster,
         &[
             (
-                &backends[0],
+                staying[0],
                 json!({"ready": false, "serving": false, "terminating": true}),
             ),
             (
-                &backends[1],
+                staying[1],
                 json!({"ready": false, "serving": true, "terminating": true}),
             ),
         ],
@@ -342,7 +363,7 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
             )
             .expect("probe"),
     );
-    assert_eq!(counts.get("web1"), Some(&30), "{counts:?}");
+    assert_eq!(counts.get(&staying[1].name), Some(&30), "{counts:?}");
 
     // No endpoints at all: refused at once.
     endpoints(&cluster, &[]);

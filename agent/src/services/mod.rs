@@ -11,11 +11,12 @@
 pub mod desired;
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddrV4;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use berth_ebpf::model::{Backend, Frontend};
+use berth_ebpf::model::{Backend, Frontend, Protocol};
 use berth_ebpf::{LbMaps, MapSizes, ServiceEntry, SockLb, SockLbConfig};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -44,6 +45,9 @@ pub struct SyncReport {
 pub struct ServiceLb {
     maps: LbMaps,
     node: ThisNode,
+    /// The load-balanced cgroup: its processes' UDP sockets are closed
+    /// when the backend they are connected to goes away.
+    cgroup: PathBuf,
     // Holds the attachments open while the agent runs; the pins keep them
     // after it stops.
     _lb: SockLb,
@@ -79,6 +83,7 @@ impl ServiceLb {
         Ok(ServiceLb {
             maps,
             node,
+            cgroup: placement.cgroup.clone(),
             _lb: lb,
         })
     }
@@ -122,7 +127,39 @@ impl ServiceLb {
         }
         report.frontends = want.len();
         report.backends = want.values().map(|w| w.backends.len()).sum();
+        self.close_stale_udp(&have, &want);
         Ok(report)
+    }
+
+    /// Closes the UDP sockets of the cgroup's processes that are connected
+    /// to a backend no UDP frontend has any more.
+    fn close_stale_udp(&self, had: &[ServiceEntry], want: &desired::Desired) {
+        let udp = |f: &Frontend| f.proto == Protocol::Udp;
+        let kept: HashSet<SocketAddrV4> = want
+            .iter()
+            .filter(|(f, _)| udp(f))
+            .flat_map(|(_, w)| w.backends.iter().map(|b| b.addr))
+            .collect();
+        let gone: Vec<SocketAddrV4> = had
+            .iter()
+            .filter(|e| udp(&e.frontend))
+            .flat_map(|e| e.slots.iter().filter_map(|s| s.backend.map(|b| b.addr)))
+            .filter(|addr| !kept.contains(addr))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        if gone.is_empty() {
+            return;
+        }
+        let netns = netns_of_cgroup(&self.cgroup);
+        match berth_ebpf::destroy_udp_connected_to(&gone, &netns) {
+            Ok(visited) => {
+                tracing::info!(backends = ?gone, namespaces = visited, "closed UDP sockets connected to removed backends")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot close UDP sockets connected to removed backends")
+            }
+        }
     }
 
     /// Writes one frontend where it differs; returns whether it did.
@@ -228,6 +265,36 @@ fn changed(current: Option<&ServiceEntry>, wanted: &[Backend]) -> Option<Vec<Bac
 fn bpffs_root(pin_dir: &Path) -> Option<&Path> {
     let root = Path::new(berth_ebpf::bpffs::DEFAULT_ROOT);
     pin_dir.starts_with(root).then_some(root)
+}
+
+/// The network namespaces of the processes in `cgroup` and below, one path
+/// (`/proc/<pid>/ns/net`) per namespace.
+fn netns_of_cgroup(cgroup: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = HashSet::new();
+    let mut found = Vec::new();
+    let mut dirs = vec![cgroup.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        if let Ok(procs) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            for pid in procs.lines() {
+                let path = PathBuf::from(format!("/proc/{pid}/ns/net"));
+                if let Ok(meta) = std::fs::metadata(&path) {
+                    if seen.insert((meta.dev(), meta.ino())) {
+                        found.push(path);
+                    }
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            dirs.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.path().is_dir())
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    found
 }
 
 /// What `berth-agent bpf lb list` prints: every frontend in the maps.
@@ -336,9 +403,8 @@ pub fn affinities(pin_dir: &Path) -> Result<Vec<berth_ebpf::AffinityEntry>, bert
 #[cfg(test)]
 mod tests {
     use super::*;
-    use berth_ebpf::model::Protocol;
     use berth_ebpf::SlotEntry;
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::Ipv4Addr;
 
     fn backend(last: u8) -> Backend {
         Backend {
