@@ -13,17 +13,8 @@
 
 include!(concat!(env!("OUT_DIR"), "/sock_lb.skel.rs"));
 
-/// The UDP socket destroyer (`bpf/sock_destroy.bpf.c`).
+/// The UDP socket destroyer (`bpf/sock_destroy.bpf.c`); the lints allowed
+/// above apply here too.
 pub(crate) mod destroy {
-    #![allow(
-        clippy::all,
-        clippy::unwrap_used,
-        missing_debug_implementations,
-        missing_docs,
-        non_camel_case_types,
-        unreachable_pub,
-        unsafe_op_in_unsafe_fn,
-        dead_code
-    )]
     include!(concat!(env!("OUT_DIR"), "/sock_destroy.skel.rs"));
 }

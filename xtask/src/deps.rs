@@ -13,7 +13,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("zlib1g-dev", "libbpf"),
     ("pkg-config", "finds libelf and zlib for libbpf"),
     ("libseccomp-dev", "seccomp in the OCI runtime"),
-    ("bpftool", "inspecting pinned maps"),
+    (
+        "bpftool",
+        "vmlinux.h from the kernel's BTF at build time; inspecting pinned maps",
+    ),
     ("busybox-static", "pod root filesystems and test clients"),
     ("iproute2", "the testbed's namespaces and links"),
     ("iptables", "kube-proxy-style yardstick rules in benchmarks"),
