@@ -126,3 +126,34 @@ fn nothing_is_left_after_a_test_that_panics() {
     let status = child.wait().expect("wait");
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status}");
 }
+
+#[test]
+fn sweep_kills_processes_a_killed_run_left_behind() {
+    require_root();
+    let prefix = berth_tests::RunPrefix::random();
+    // What a killed test leaves: an agent-like process whose command line
+    // names the run's paths, outside any of its cgroups.
+    let mut orphan = std::process::Command::new("busybox")
+        .args([
+            "sh",
+            "-c",
+            "sleep 60; true",
+            &format!("/run/netns/{prefix}-n0"),
+        ])
+        .spawn()
+        .expect("spawn");
+    let listed = format!("process {}", orphan.id());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let found = leftovers(&prefix).expect("leftovers");
+        if found.iter().any(|l| l.starts_with(&listed)) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{found:#?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    berth_tests::sweep(&prefix).expect("sweep");
+    let status = orphan.wait().expect("wait");
+    assert!(!status.success(), "the process was not killed");
+    assert_eq!(leftovers(&prefix).expect("leftovers"), Vec::<String>::new());
+}
