@@ -62,6 +62,30 @@ pub struct ServiceEntry {
     pub slots: Vec<SlotEntry>,
 }
 
+/// The mirror of one frontend's entries in the services map.
+#[derive(Debug, Clone, Default)]
+struct Held {
+    master: Option<lb4_service>,
+    /// Backend id per slot (slot 1 first); `None` where a slot is missing.
+    ids: Vec<Option<u32>>,
+}
+
+/// Writes planned for the kernel, applied in this order: new backends,
+/// slots, master entries, deletions of surplus slots, then backends no
+/// slot points at.
+#[derive(Debug, Default)]
+struct Writes {
+    backend_keys: Vec<u32>,
+    backend_values: Vec<lb4_backend>,
+    slot_keys: Vec<lb4_key>,
+    slot_values: Vec<lb4_service>,
+    master_keys: Vec<lb4_key>,
+    master_values: Vec<lb4_service>,
+    deletes: Vec<lb4_key>,
+    released: Vec<u32>,
+    affinity_checks: Vec<Frontend>,
+}
+
 /// A client pinned to a backend by session affinity.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct AffinityEntry {
@@ -102,8 +126,13 @@ pub struct LbMaps {
     affinity: MapHandle,
     /// Backend -> its id in `lb4_backends`.
     backend_ids: HashMap<Backend, u32>,
+    /// Backend id -> its backend (the reverse of `backend_ids`).
+    id_backends: HashMap<u32, Backend>,
     /// Backend id -> number of slots pointing at it.
     refs: HashMap<u32, u32>,
+    /// What the services map holds per frontend: master entry and slot ids
+    /// (a mirror, so writes need no lookups).
+    held: HashMap<Frontend, Held>,
     /// Where the search for a free backend id starts.
     next_id: u32,
     /// Entries in `lb4_services` (masters and slots), to refuse a write
@@ -125,7 +154,9 @@ impl LbMaps {
             backends: open(BACKENDS_MAP)?,
             affinity: open(AFFINITY_MAP)?,
             backend_ids: HashMap::new(),
+            id_backends: HashMap::new(),
             refs: HashMap::new(),
+            held: HashMap::new(),
             next_id: 1,
             service_count: 0,
         };
@@ -133,22 +164,45 @@ impl LbMaps {
         Ok(maps)
     }
 
-    /// Rebuilds the backend index and reference counts from the maps.
+    /// Rebuilds the backend index, reference counts and the mirror of the
+    /// services map from the maps.
     fn reindex(&mut self) -> Result<(), Error> {
         self.backend_ids.clear();
+        self.id_backends.clear();
         self.refs.clear();
+        self.held.clear();
         for (id, entry) in self.backend_entries()? {
             if let Some(backend) = encode::entry_backend(&entry) {
                 self.backend_ids.insert(backend, id);
+                self.id_backends.insert(id, backend);
             }
             self.refs.insert(id, 0);
         }
         let services = self.service_entries()?;
         self.service_count = u32::try_from(services.len()).unwrap_or(u32::MAX);
+        let mut slots = Vec::new();
         for (key, value) in services {
-            if key.backend_slot > 0 {
+            let Some((frontend, slot)) = encode::key_frontend(&key) else {
+                continue;
+            };
+            if slot == 0 {
+                self.held.entry(frontend).or_default().master = Some(value);
+            } else {
                 *self.refs.entry(value.backend_id).or_insert(0) += 1;
+                slots.push((frontend, slot, value.backend_id));
             }
+        }
+        for (frontend, slot, id) in slots {
+            let held = self.held.entry(frontend).or_default();
+            let index = usize::from(slot) - 1;
+            if held.ids.len() <= index {
+                held.ids.resize(index + 1, None);
+            }
+            held.ids[index] = Some(id);
+        }
+        for held in self.held.values_mut() {
+            let count = held.master.map_or(0, |m| usize::from(m.count));
+            held.ids.resize(count, None);
         }
         self.next_id = self
             .refs
@@ -160,7 +214,8 @@ impl LbMaps {
 
     /// Sets `frontend`'s backends to `backends` (duplicates ignored), writing
     /// only the entries that change. An empty list keeps the frontend with
-    /// no backend, which refuses connections.
+    /// no backend, which refuses connections. A change that does not fit
+    /// the maps is refused whole ([`Error::MapFull`]) before any write.
     ///
     /// Order keeps the datapath consistent at every step: backends first,
     /// then slots, then the master entry's count, then surplus slots.
@@ -168,6 +223,58 @@ impl LbMaps {
         &mut self,
         frontend: &Frontend,
         backends: &[Backend],
+    ) -> Result<(), Error> {
+        let mut results = self.upsert_services(&[(*frontend, backends.to_vec())])?;
+        results.pop().unwrap_or(Ok(()))
+    }
+
+    /// [`LbMaps::upsert_service`] for many frontends at once, with one
+    /// batch write per map for all of them (how 10 000 services are
+    /// programmed in a fraction of a second). Returns each frontend's
+    /// outcome; a frontend that does not fit is refused whole and the
+    /// others are still written. `Err` when a write to the kernel failed
+    /// (the maps are then re-read).
+    pub fn upsert_services(
+        &mut self,
+        changes: &[(Frontend, Vec<Backend>)],
+    ) -> Result<Vec<Result<(), Error>>, Error> {
+        let mut writes = Writes::default();
+        let outcomes: Vec<Result<(), Error>> = changes
+            .iter()
+            .map(|(frontend, backends)| self.plan_service(frontend, backends, &mut writes))
+            .collect();
+        if let Err(e) = self.apply(&writes) {
+            self.reindex()?;
+            return Err(e);
+        }
+        // Refusals happen before any state changes; anything else may have
+        // left the index half-updated: re-read it.
+        let refused =
+            |e: &Error| matches!(e, Error::MapFull { .. } | Error::TooManyBackends { .. });
+        if outcomes
+            .iter()
+            .any(|o| o.as_ref().is_err_and(|e| !refused(e)))
+        {
+            self.reindex()?;
+        }
+        for frontend in &writes.affinity_checks {
+            let kept: HashSet<u32> = self
+                .held
+                .get(frontend)
+                .map(|h| h.ids.iter().flatten().copied().collect())
+                .unwrap_or_default();
+            self.forget_affinity(frontend, |id| !kept.contains(&id))?;
+        }
+        Ok(outcomes)
+    }
+
+    /// Works out the writes that take `frontend` to `backends`, updating
+    /// the in-memory state as if they were made.
+    fn plan_service(
+        &mut self,
+        frontend: &Frontend,
+        backends: &[Backend],
+        writes: &mut Writes,
     ) -> Result<(), Error> {
         let mut seen = HashSet::new();
         let wanted: Vec<Backend> = backends
@@ -182,24 +289,10 @@ impl LbMaps {
                 max: MAX_BACKENDS,
             });
         }
-        let result = self.write_service(frontend, &wanted);
-        if result.is_err() {
-            // Part of the change may be in the maps: make the index match
-            // them again before reporting.
-            self.reindex()?;
-        }
-        result
-    }
-
-    fn write_service(&mut self, frontend: &Frontend, wanted: &[Backend]) -> Result<(), Error> {
-        let old_master = self.master(frontend)?;
-        let old_ids = self.slot_ids(frontend, old_master.map_or(0, |m| m.count))?;
-
-        // A change that does not fit is refused whole, before any write:
-        // a full map never leaves a frontend half-programmed.
-        let added = u32::from(old_master.is_none())
-            + u32::try_from(wanted.len().saturating_sub(old_ids.len())).unwrap_or(u32::MAX);
-        let removed = u32::try_from(old_ids.len().saturating_sub(wanted.len())).unwrap_or(0);
+        let old = self.held.get(frontend).cloned().unwrap_or_default();
+        let added = u32::from(old.master.is_none())
+            + u32::try_from(wanted.len().saturating_sub(old.ids.len())).unwrap_or(u32::MAX);
+        let removed = u32::try_from(old.ids.len().saturating_sub(wanted.len())).unwrap_or(0);
         if self.service_count.saturating_add(added) > self.services.max_entries() {
             return Err(Error::MapFull {
                 map: SERVICES_MAP,
@@ -217,45 +310,103 @@ impl LbMaps {
             });
         }
 
-        let new_ids = self.backend_ids_for(wanted)?;
-        for id in &new_ids {
-            *self.refs.entry(*id).or_insert(0) += 1;
+        let mut new_ids = Vec::with_capacity(wanted.len());
+        for backend in &wanted {
+            let id = match self.backend_ids.get(backend) {
+                Some(id) => *id,
+                None => {
+                    let id = self.free_id()?;
+                    writes.backend_keys.push(id);
+                    writes.backend_values.push(encode::backend_entry(backend));
+                    self.backend_ids.insert(*backend, id);
+                    self.id_backends.insert(id, *backend);
+                    self.refs.insert(id, 0);
+                    id
+                }
+            };
+            *self.refs.entry(id).or_insert(0) += 1;
+            new_ids.push(id);
         }
-
-        // Changed slots in one batch (one system call).
-        let mut slot_keys = Vec::new();
-        let mut slot_values = Vec::new();
         for (i, id) in new_ids.iter().enumerate() {
-            if old_ids.get(i) != Some(&Some(*id)) {
-                slot_keys.push(encode::service_key(frontend, slot_number(i)));
-                slot_values.push(encode::slot_entry(*id));
+            if old.ids.get(i) != Some(&Some(*id)) {
+                writes
+                    .slot_keys
+                    .push(encode::service_key(frontend, slot_number(i)));
+                writes.slot_values.push(encode::slot_entry(*id));
             }
         }
-        update_batch(&self.services, SERVICES_MAP, &slot_keys, &slot_values)?;
         let count = u16::try_from(new_ids.len()).unwrap_or(u16::MAX);
-        if old_master.map(|m| m.count) != Some(count) {
-            let flags = old_master.map_or(0, |m| m.flags);
-            let timeout = old_master.map_or(0, |m| m.backend_id);
-            self.put_service(
-                &encode::service_key(frontend, 0),
-                &encode::master_entry(count, flags, timeout),
-            )?;
+        let flags = old.master.map_or(0, |m| m.flags);
+        let timeout = old.master.map_or(0, |m| m.backend_id);
+        let master = encode::master_entry(count, flags, timeout);
+        if old.master.map(|m| m.count) != Some(count) {
+            writes.master_keys.push(encode::service_key(frontend, 0));
+            writes.master_values.push(master);
+        }
+        for i in new_ids.len()..old.ids.len() {
+            writes
+                .deletes
+                .push(encode::service_key(frontend, slot_number(i)));
+        }
+        for id in old.ids.iter().flatten() {
+            if let Some(refs) = self.refs.get_mut(id) {
+                *refs = refs.saturating_sub(1);
+            }
+            writes.released.push(*id);
+        }
+        // Clients pinned to a backend this frontend no longer has start
+        // over (only a frontend with affinity can have pinned clients).
+        if flags & encode::FLAG_AFFINITY != 0 {
+            writes.affinity_checks.push(*frontend);
         }
         self.service_count = self
             .service_count
             .saturating_add(added)
             .saturating_sub(removed);
-        // Clients pinned to a backend this frontend no longer has start
-        // over (only a frontend with affinity can have pinned clients).
-        if old_master.is_some_and(|m| m.flags & encode::FLAG_AFFINITY != 0) {
-            let kept: HashSet<u32> = new_ids.iter().copied().collect();
-            self.forget_affinity(frontend, |id| !kept.contains(&id))?;
-        }
-        for i in new_ids.len()..old_ids.len() {
-            self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
-        }
+        self.held.insert(
+            *frontend,
+            Held {
+                master: Some(master),
+                ids: new_ids.into_iter().map(Some).collect(),
+            },
+        );
+        Ok(())
+    }
 
-        self.release(old_ids.iter().flatten())
+    /// Makes `writes` in the kernel, in the consistent order, and deletes
+    /// backends no slot points at any more.
+    fn apply(&mut self, writes: &Writes) -> Result<(), Error> {
+        update_batch(
+            &self.backends,
+            BACKENDS_MAP,
+            &writes.backend_keys,
+            &writes.backend_values,
+        )?;
+        update_batch(
+            &self.services,
+            SERVICES_MAP,
+            &writes.slot_keys,
+            &writes.slot_values,
+        )?;
+        update_batch(
+            &self.services,
+            SERVICES_MAP,
+            &writes.master_keys,
+            &writes.master_values,
+        )?;
+        for key in &writes.deletes {
+            self.delete_service_key(key)?;
+        }
+        for id in &writes.released {
+            if self.refs.get(id) == Some(&0) {
+                self.refs.remove(id);
+                if let Some(backend) = self.id_backends.remove(id) {
+                    self.backend_ids.remove(&backend);
+                }
+                delete_key(&self.backends, BACKENDS_MAP, bytes_of(id))?;
+            }
+        }
+        Ok(())
     }
 
     /// Turns session affinity of `frontend` on (with its timeout in
@@ -266,7 +417,7 @@ impl LbMaps {
         frontend: &Frontend,
         timeout: Option<u32>,
     ) -> Result<bool, Error> {
-        let Some(master) = self.master(frontend)? else {
+        let Some(master) = self.held.get(frontend).and_then(|h| h.master) else {
             return Err(Error::NoSuchFrontend(frontend.to_string()));
         };
         let flags = match timeout {
@@ -277,10 +428,11 @@ impl LbMaps {
         if flags == master.flags && seconds == master.backend_id {
             return Ok(false);
         }
-        self.put_service(
-            &encode::service_key(frontend, 0),
-            &encode::master_entry(master.count, flags, seconds),
-        )?;
+        let entry = encode::master_entry(master.count, flags, seconds);
+        self.put_service(&encode::service_key(frontend, 0), &entry)?;
+        if let Some(held) = self.held.get_mut(frontend) {
+            held.master = Some(entry);
+        }
         if timeout.is_none() {
             self.forget_affinity(frontend, |_| true)?;
         }
@@ -330,18 +482,34 @@ impl LbMaps {
     /// Removes `frontend` and releases backends no other frontend uses.
     /// Returns whether it was present.
     pub fn remove_service(&mut self, frontend: &Frontend) -> Result<bool, Error> {
-        let Some(master) = self.master(frontend)? else {
+        let Some(held) = self.held.remove(frontend) else {
             return Ok(false);
         };
-        let ids = self.slot_ids(frontend, master.count)?;
-        self.delete_service_key(&encode::service_key(frontend, 0))?;
-        for i in 0..ids.len() {
-            self.delete_service_key(&encode::service_key(frontend, slot_number(i)))?;
+        let mut writes = Writes::default();
+        writes.deletes.push(encode::service_key(frontend, 0));
+        for i in 0..held.ids.len() {
+            writes
+                .deletes
+                .push(encode::service_key(frontend, slot_number(i)));
         }
-        let removed = u32::try_from(ids.len() + 1).unwrap_or(u32::MAX);
+        for id in held.ids.iter().flatten() {
+            if let Some(refs) = self.refs.get_mut(id) {
+                *refs = refs.saturating_sub(1);
+            }
+            writes.released.push(*id);
+        }
+        let removed = u32::try_from(held.ids.len() + 1).unwrap_or(u32::MAX);
         self.service_count = self.service_count.saturating_sub(removed);
-        self.release(ids.iter().flatten())?;
-        self.forget_affinity(frontend, |_| true)?;
+        if let Err(e) = self.apply(&writes) {
+            self.reindex()?;
+            return Err(e);
+        }
+        if held
+            .master
+            .is_some_and(|m| m.flags & encode::FLAG_AFFINITY != 0)
+        {
+            self.forget_affinity(frontend, |_| true)?;
+        }
         Ok(true)
     }
 
@@ -391,28 +559,6 @@ impl LbMaps {
         Ok(entries)
     }
 
-    /// The ids of `backends`, writing entries (in one batch) for those
-    /// that have none yet.
-    fn backend_ids_for(&mut self, backends: &[Backend]) -> Result<Vec<u32>, Error> {
-        let mut ids = Vec::with_capacity(backends.len());
-        let mut new_keys = Vec::new();
-        let mut new_values = Vec::new();
-        for backend in backends {
-            if let Some(id) = self.backend_ids.get(backend) {
-                ids.push(*id);
-                continue;
-            }
-            let id = self.free_id()?;
-            new_keys.push(id);
-            new_values.push(encode::backend_entry(backend));
-            self.backend_ids.insert(*backend, id);
-            self.refs.insert(id, 0);
-            ids.push(id);
-        }
-        update_batch(&self.backends, BACKENDS_MAP, &new_keys, &new_values)?;
-        Ok(ids)
-    }
-
     fn free_id(&mut self) -> Result<u32, Error> {
         let start = self.next_id;
         loop {
@@ -425,45 +571,6 @@ impl LbMaps {
                 return Err(Error::BackendIdsExhausted);
             }
         }
-    }
-
-    /// Drops one reference to each of `ids`; deletes backends left unused.
-    fn release<'a>(&mut self, ids: impl Iterator<Item = &'a u32>) -> Result<(), Error> {
-        for id in ids {
-            let Some(count) = self.refs.get_mut(id) else {
-                continue;
-            };
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                self.refs.remove(id);
-                self.backend_ids.retain(|_, v| v != id);
-                delete_key(&self.backends, BACKENDS_MAP, bytes_of(id))?;
-            }
-        }
-        Ok(())
-    }
-
-    fn master(&self, frontend: &Frontend) -> Result<Option<lb4_service>, Error> {
-        self.lookup_service(&encode::service_key(frontend, 0))
-    }
-
-    /// The backend ids of `frontend`'s slots 1..=count (`None` where a slot
-    /// is missing).
-    fn slot_ids(&self, frontend: &Frontend, count: u16) -> Result<Vec<Option<u32>>, Error> {
-        (1..=count)
-            .map(|slot| {
-                let entry = self.lookup_service(&encode::service_key(frontend, slot))?;
-                Ok(entry.map(|e| e.backend_id))
-            })
-            .collect()
-    }
-
-    fn lookup_service(&self, key: &lb4_key) -> Result<Option<lb4_service>, Error> {
-        let value = self
-            .services
-            .lookup(bytes_of(key), MapFlags::ANY)
-            .map_err(|e| Error::bpf(format!("look up {SERVICES_MAP}"), e))?;
-        value.map(|v| from_bytes(SERVICES_MAP, &v)).transpose()
     }
 
     fn put_service(&self, key: &lb4_key, value: &lb4_service) -> Result<(), Error> {

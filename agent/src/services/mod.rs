@@ -117,14 +117,45 @@ impl ServiceLb {
             }
         }
         let held: HashMap<Frontend, &ServiceEntry> = have.iter().map(|e| (e.frontend, e)).collect();
+        // Backends of every changed frontend in one batch per map.
+        let mut upserts = Vec::new();
         for (frontend, wanted) in &want {
-            let current = held.get(frontend).copied();
-            match self.write(frontend, current, wanted) {
-                Ok(true) => report.changes += 1,
+            if let Some(ordered) = changed(held.get(frontend).copied(), &wanted.backends) {
+                upserts.push((*frontend, ordered));
+            }
+        }
+        let mut written: HashSet<Frontend> = HashSet::new();
+        let mut refused: HashSet<Frontend> = HashSet::new();
+        for ((frontend, backends), outcome) in
+            upserts.iter().zip(self.maps.upsert_services(&upserts)?)
+        {
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(%frontend, backends = backends.len(), "service programmed");
+                    written.insert(*frontend);
+                }
+                Err(e) => {
+                    refused.insert(*frontend);
+                    fail(&mut report, frontend, e);
+                }
+            }
+        }
+        // Affinity is a property of the master entry: set where it differs
+        // on frontends that now exist.
+        for (frontend, wanted) in &want {
+            let current = held.get(frontend).and_then(|e| e.affinity_timeout);
+            if current == wanted.affinity || refused.contains(frontend) {
+                continue;
+            }
+            match self.maps.set_affinity(frontend, wanted.affinity) {
+                Ok(true) => {
+                    written.insert(*frontend);
+                }
                 Ok(false) => {}
                 Err(e) => fail(&mut report, frontend, e),
             }
         }
+        report.changes += written.len();
         report.frontends = want.len();
         report.backends = want.values().map(|w| w.backends.len()).sum();
         self.close_stale_udp(&have, &want);
@@ -160,25 +191,6 @@ impl ServiceLb {
                 tracing::warn!(error = %e, "cannot close UDP sockets connected to removed backends")
             }
         }
-    }
-
-    /// Writes one frontend where it differs; returns whether it did.
-    fn write(
-        &mut self,
-        frontend: &Frontend,
-        current: Option<&ServiceEntry>,
-        wanted: &desired::Want,
-    ) -> Result<bool, berth_ebpf::Error> {
-        let mut wrote = false;
-        if let Some(ordered) = changed(current, &wanted.backends) {
-            self.maps.upsert_service(frontend, &ordered)?;
-            tracing::info!(%frontend, backends = ordered.len(), "service programmed");
-            wrote = true;
-        }
-        if current.and_then(|e| e.affinity_timeout) != wanted.affinity {
-            wrote |= self.maps.set_affinity(frontend, wanted.affinity)?;
-        }
-        Ok(wrote)
     }
 
     /// Reconciles on every change of the Service or EndpointSlice cache,
