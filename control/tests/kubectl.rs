@@ -13,6 +13,7 @@ on_both_stores_blocking!(
     create_apply_get_describe_scale_delete,
     get_watch_receives_a_change_made_by_another_command,
     bad_manifests_are_refused_with_readable_errors,
+    the_kubernetes_service_has_this_servers_endpoint,
 );
 
 const APP: &str = "\
@@ -353,4 +354,22 @@ fn bad_manifests_are_refused_with_readable_errors(backend: Backend) {
     // Nothing of the refused objects was stored.
     let all = server.kubectl_ok(&["get", "deployments", "-o", "name"]);
     assert_eq!(all.trim(), "");
+}
+
+fn the_kubernetes_service_has_this_servers_endpoint(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let out = server.kubectl_ok(&[
+        "get", "endpointslice", "kubernetes", "-n", "default", "-o",
+        "jsonpath={.endpoints[0].addresses[0]} {.ports[0].port} {.metadata.labels.kubernetes\\.io/service-name}",
+    ]);
+    let port = server.addr().port().to_string();
+    assert_eq!(out.trim(), format!("127.0.0.1 {port} kubernetes"));
+    let target = server.kubectl_ok(&[
+        "get",
+        "service",
+        "kubernetes",
+        "-o",
+        "jsonpath={.spec.ports[0].targetPort}",
+    ]);
+    assert_eq!(target.trim(), port);
 }

@@ -1063,7 +1063,8 @@ fn scale_of(obj: &Value) -> Value {
     })
 }
 
-/// Creates the namespaces and the `kubernetes` Service every cluster has.
+/// Creates the namespaces and the `kubernetes` Service every cluster has,
+/// and keeps the Service's EndpointSlice pointing at this server.
 pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
     let namespaces = resources::find("", "v1", "namespaces")
         .ok_or_else(|| ApiError::internal("no namespaces"))?;
@@ -1089,7 +1090,8 @@ pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
             "metadata": {"name": "kubernetes", "namespace": "default",
                 "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"type": "ClusterIP", "clusterIP": ip,
-                "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]}});
+                "ports": [{"name": "https", "port": 443, "protocol": "TCP",
+                    "targetPort": own_endpoint(&api.0.config.server_address).map_or(6443, |(_, port)| port)}]}});
         object::prepare_create(services, &mut svc)?;
         apply_defaults("Service", &mut svc);
         let claims = api
@@ -1102,7 +1104,61 @@ pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
             return Err(e);
         }
     }
-    Ok(())
+    publish_own_endpoint(api).await
+}
+
+/// The IPv4 address and port clients reach this server at, if the
+/// advertised address is an IPv4 address.
+fn own_endpoint(server_address: &str) -> Option<(std::net::Ipv4Addr, u16)> {
+    let addr: std::net::SocketAddrV4 = server_address.parse().ok()?;
+    Some((*addr.ip(), addr.port()))
+}
+
+/// Writes the `kubernetes` Service's EndpointSlice with this server's
+/// advertised address (as the API server's endpoint reconciler does), so
+/// service proxies route the Service to it. Rewritten when the address or
+/// port changed since the last start.
+async fn publish_own_endpoint(api: &Api) -> Result<(), ApiError> {
+    let Some((ip, port)) = own_endpoint(&api.0.config.server_address) else {
+        tracing::warn!(address = %api.0.config.server_address, "advertised address is not IPv4: no EndpointSlice for the kubernetes Service");
+        return Ok(());
+    };
+    let slices = resources::find("discovery.k8s.io", "v1", "endpointslices")
+        .ok_or_else(|| ApiError::internal("no endpointslices"))?;
+    let key = slices.key(Some("default"), "kubernetes");
+    let endpoints = json!([{"addresses": [ip.to_string()], "conditions": {"ready": true}}]);
+    let ports = json!([{"name": "https", "port": port, "protocol": "TCP"}]);
+    let existing = api
+        .0
+        .store
+        .get(&key)
+        .await
+        .map_err(|e| ApiError::from_store("endpointslices", "kubernetes", e))?;
+    match existing {
+        None => {
+            let mut slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                "metadata": {"name": "kubernetes", "namespace": "default",
+                    "labels": {"kubernetes.io/service-name": "kubernetes"}},
+                "addressType": "IPv4", "endpoints": endpoints, "ports": ports});
+            object::prepare_create(slices, &mut slice)?;
+            create_if_missing(api, &key, &slice).await
+        }
+        Some(record) => {
+            let mut slice: Value = serde_json::from_slice(&record.value)
+                .map_err(|e| ApiError::internal(format!("stored kubernetes EndpointSlice: {e}")))?;
+            if slice["endpoints"] == endpoints && slice["ports"] == ports {
+                return Ok(());
+            }
+            slice["endpoints"] = endpoints;
+            slice["ports"] = ports;
+            api.0
+                .store
+                .update(&key, object::to_stored(&slice)?, Some(record.mod_revision))
+                .await
+                .map(drop)
+                .map_err(|e| ApiError::from_store("endpointslices", "kubernetes", e))
+        }
+    }
 }
 
 async fn create_if_missing(api: &Api, key: &str, obj: &Value) -> Result<(), ApiError> {

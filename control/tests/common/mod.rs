@@ -164,6 +164,11 @@ impl Server {
         self.spawn();
     }
 
+    /// The address the server listens on.
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The data directory.
     pub(crate) fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
