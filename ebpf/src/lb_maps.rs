@@ -1,7 +1,7 @@
 //! Typed access to the pinned load-balancing maps: program services,
 //! remove them, and read back what the datapath holds.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
@@ -348,12 +348,7 @@ impl LbMaps {
                 .deletes
                 .push(encode::service_key(frontend, slot_number(i)));
         }
-        for id in old.ids.iter().flatten() {
-            if let Some(refs) = self.refs.get_mut(id) {
-                *refs = refs.saturating_sub(1);
-            }
-            writes.released.push(*id);
-        }
+        self.drop_refs(&old.ids, &mut writes.released);
         // Clients pinned to a backend this frontend no longer has start
         // over (only a frontend with affinity can have pinned clients).
         if flags & encode::FLAG_AFFINITY != 0 {
@@ -492,12 +487,7 @@ impl LbMaps {
                 .deletes
                 .push(encode::service_key(frontend, slot_number(i)));
         }
-        for id in held.ids.iter().flatten() {
-            if let Some(refs) = self.refs.get_mut(id) {
-                *refs = refs.saturating_sub(1);
-            }
-            writes.released.push(*id);
-        }
+        self.drop_refs(&held.ids, &mut writes.released);
         let removed = u32::try_from(held.ids.len() + 1).unwrap_or(u32::MAX);
         self.service_count = self.service_count.saturating_sub(removed);
         if let Err(e) = self.apply(&writes) {
@@ -514,49 +504,49 @@ impl LbMaps {
     }
 
     /// Every frontend in the datapath, sorted, with its slots resolved.
+    /// Read from the index, which mirrors the maps as they were when they
+    /// were opened plus every write since: no system call, so a reconciler
+    /// can ask on every pass.
     pub fn services(&self) -> Result<Vec<ServiceEntry>, Error> {
-        let backends: HashMap<u32, lb4_backend> = self.backend_entries()?.into_iter().collect();
-        let mut by_frontend: BTreeMap<Frontend, ServiceEntry> = BTreeMap::new();
-        let mut slots: Vec<(Frontend, SlotEntry)> = Vec::new();
-        for (key, value) in self.service_entries()? {
-            let Some((frontend, slot)) = encode::key_frontend(&key) else {
-                continue;
-            };
-            if slot == 0 {
-                by_frontend.insert(
-                    frontend,
-                    ServiceEntry {
-                        frontend,
-                        flags: value.flags,
-                        affinity_timeout: (value.flags & encode::FLAG_AFFINITY != 0)
-                            .then_some(value.backend_id),
-                        slots: Vec::new(),
-                    },
-                );
-            } else {
-                let backend = backends
-                    .get(&value.backend_id)
-                    .and_then(encode::entry_backend);
-                slots.push((
-                    frontend,
-                    SlotEntry {
-                        slot,
-                        backend_id: value.backend_id,
-                        backend,
-                    },
-                ));
-            }
-        }
-        for (frontend, slot) in slots {
-            if let Some(entry) = by_frontend.get_mut(&frontend) {
-                entry.slots.push(slot);
-            }
-        }
-        let mut entries: Vec<ServiceEntry> = by_frontend.into_values().collect();
-        for entry in &mut entries {
-            entry.slots.sort_by_key(|s| s.slot);
-        }
+        let mut entries: Vec<ServiceEntry> = self
+            .held
+            .iter()
+            .filter_map(|(frontend, held)| {
+                let master = held.master?;
+                Some(ServiceEntry {
+                    frontend: *frontend,
+                    flags: master.flags,
+                    affinity_timeout: (master.flags & encode::FLAG_AFFINITY != 0)
+                        .then_some(master.backend_id),
+                    slots: held
+                        .ids
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, id)| {
+                            let id = (*id)?;
+                            Some(SlotEntry {
+                                slot: slot_number(i),
+                                backend_id: id,
+                                backend: self.id_backends.get(&id).copied(),
+                            })
+                        })
+                        .collect(),
+                })
+            })
+            .collect();
+        entries.sort_by_key(|e| e.frontend);
         Ok(entries)
+    }
+
+    /// Drops one reference for each slot id; the ids go to `released` so
+    /// that backends left unused are deleted after the slots.
+    fn drop_refs(&mut self, ids: &[Option<u32>], released: &mut Vec<u32>) {
+        for id in ids.iter().flatten() {
+            if let Some(refs) = self.refs.get_mut(id) {
+                *refs = refs.saturating_sub(1);
+            }
+            released.push(*id);
+        }
     }
 
     fn free_id(&mut self) -> Result<u32, Error> {
