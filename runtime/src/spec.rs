@@ -1,0 +1,289 @@
+//! Container configurations: the default one `berth-runtime spec` writes,
+//! what `create` adds to a bundle's configuration, and the runtime's
+//! feature list.
+
+use std::path::{Path, PathBuf};
+
+use libcontainer::oci_spec::runtime::{LinuxSeccomp, Mount, Spec};
+use serde_json::json;
+
+use crate::error::{Error, Result};
+
+/// System calls the default seccomp profile refuses with EPERM: those that
+/// reach beyond a container (kernel modules, reboot, clocks, swap, kernel
+/// keyrings, BPF, tracing other processes, new namespaces and mounts).
+/// Everything else is allowed, and the capability set stays minimal.
+const DENIED_SYSCALLS: &[&str] = &[
+    "acct",
+    "add_key",
+    "adjtimex",
+    "bpf",
+    "clock_adjtime",
+    "clock_settime",
+    "create_module",
+    "delete_module",
+    "finit_module",
+    "fsconfig",
+    "fsmount",
+    "fsopen",
+    "fspick",
+    "get_kernel_syms",
+    "init_module",
+    "ioperm",
+    "iopl",
+    "kcmp",
+    "kexec_file_load",
+    "kexec_load",
+    "keyctl",
+    "lookup_dcookie",
+    "mount",
+    "mount_setattr",
+    "move_mount",
+    "nfsservctl",
+    "open_by_handle_at",
+    "open_tree",
+    "perf_event_open",
+    "pivot_root",
+    "process_vm_readv",
+    "process_vm_writev",
+    "ptrace",
+    "query_module",
+    "quotactl",
+    "reboot",
+    "request_key",
+    "setns",
+    "settimeofday",
+    "swapoff",
+    "swapon",
+    "syslog",
+    "umount2",
+    "unshare",
+    "uselib",
+    "userfaultfd",
+    "ustat",
+    "vhangup",
+];
+
+/// The configuration `berth-runtime spec` writes: runc's defaults (the
+/// minimal capability set, no new privileges, masked and read-only paths,
+/// new pid, network, ipc, uts and mount namespaces) plus the default seccomp
+/// profile and a rootfs directory `rootfs` next to `config.json`.
+pub fn default_spec() -> Result<Spec> {
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2".to_owned());
+    spec.set_hostname(Some("berth".to_owned()));
+    if let Some(linux) = spec.linux_mut() {
+        linux.set_seccomp(Some(default_seccomp()?));
+    }
+    Ok(spec)
+}
+
+/// The default seccomp profile: allow, except [`DENIED_SYSCALLS`].
+pub fn default_seccomp() -> Result<LinuxSeccomp> {
+    let profile = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{
+            "names": DENIED_SYSCALLS,
+            "action": "SCMP_ACT_ERRNO",
+            "errnoRet": libc::EPERM,
+        }],
+    });
+    serde_json::from_value(profile).map_err(|source| Error::Json {
+        what: "the default seccomp profile".to_owned(),
+        source,
+    })
+}
+
+/// Reads and parses `<bundle>/config.json`, with the error naming the file
+/// and, for malformed JSON, the line and column.
+pub fn load_bundle_spec(bundle: &Path) -> Result<Spec> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
+    serde_json::from_str(&text).map_err(|source| Error::Json {
+        what: path.display().to_string(),
+        source,
+    })
+}
+
+/// What `create` changes in a bundle's configuration before handing it to
+/// libcontainer: the root and relative bind-mount sources become absolute
+/// (the configuration is read from the runtime's state directory, not the
+/// bundle), and a missing `cgroupsPath` becomes `<cgroup_parent>/<id>`,
+/// never libcontainer's `:youki:<id>` at the root of every hierarchy.
+pub(crate) fn prepare(
+    spec: &mut Spec,
+    bundle: &Path,
+    cgroup_parent: &Path,
+    id: &str,
+) -> Result<()> {
+    let root = spec
+        .root()
+        .as_ref()
+        .map(|r| r.path().clone())
+        .ok_or(Error::Unsupported("a configuration without `root`"))?;
+    let root_path = absolute(bundle, &root);
+    if !root_path.is_dir() {
+        return Err(Error::Io {
+            path: root_path,
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "the container's root filesystem is not a directory",
+            ),
+        });
+    }
+    if let Some(r) = spec.root_mut() {
+        r.set_path(root_path);
+    }
+    if let Some(mounts) = spec.mounts_mut() {
+        for mount in mounts.iter_mut() {
+            absolute_bind_source(mount, bundle);
+        }
+    }
+    let linux = spec
+        .linux_mut()
+        .as_mut()
+        .ok_or(Error::Unsupported("a configuration without `linux`"))?;
+    if linux.cgroups_path().is_none() {
+        let parent = Path::new("/").join(cgroup_parent);
+        linux.set_cgroups_path(Some(parent.join(id)));
+    }
+    Ok(())
+}
+
+fn absolute(bundle: &Path, path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_owned()
+    } else {
+        bundle.join(path)
+    }
+}
+
+fn absolute_bind_source(mount: &mut Mount, bundle: &Path) {
+    let is_bind = mount.typ().as_deref() == Some("bind")
+        || mount
+            .options()
+            .as_ref()
+            .is_some_and(|o| o.iter().any(|o| o == "bind" || o == "rbind"));
+    if let (true, Some(source)) = (is_bind, mount.source().clone()) {
+        if source.is_relative() {
+            mount.set_source(Some(bundle.join(source)));
+        }
+    }
+}
+
+/// What `berth-runtime features` prints (runtime-spec `features.json`).
+pub fn features() -> serde_json::Value {
+    json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": "1.2.0",
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": [
+            "async", "atime", "bind", "defaults", "dev", "diratime", "dirsync", "exec",
+            "iversion", "lazytime", "loud", "mand", "noatime", "nodev", "nodiratime",
+            "noexec", "noiversion", "nolazytime", "nomand", "norelatime", "nostrictatime",
+            "nosuid", "nosymfollow", "private", "rbind", "relatime", "remount", "ro", "rprivate",
+            "rshared", "rslave", "runbindable", "rw", "shared", "slave", "strictatime",
+            "suid", "symfollow", "sync", "unbindable"
+        ],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
+            "capabilities": capability_names(),
+            "cgroup": { "v1": true, "v2": true, "systemd": false, "systemdUser": false },
+            "seccomp": {
+                "enabled": true,
+                "actions": [
+                    "SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS",
+                    "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_NOTIFY", "SCMP_ACT_TRACE",
+                    "SCMP_ACT_TRAP"
+                ],
+                "operators": [
+                    "SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT",
+                    "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"
+                ],
+                "archs": ["SCMP_ARCH_X86", "SCMP_ARCH_X86_64", "SCMP_ARCH_X32"]
+            },
+            "apparmor": { "enabled": false },
+            "selinux": { "enabled": false }
+        },
+        "annotations": {
+            "org.opencontainers.runtime-spec.features.runtime": "berth-runtime",
+            "dev.berth.runtime.version": env!("CARGO_PKG_VERSION"),
+            "dev.berth.runtime.libcontainer.version": "0.7"
+        }
+    })
+}
+
+/// Every capability this kernel knows, as `CAP_…` names, sorted.
+fn capability_names() -> Vec<String> {
+    let mut names: Vec<String> = caps::all().iter().map(|c| c.to_string()).collect();
+    names.sort();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_spec_is_minimal_and_confined() {
+        let spec = default_spec().expect("default spec");
+        let process = spec.process().as_ref().expect("process");
+        assert_eq!(process.no_new_privileges(), Some(true));
+        let caps = process.capabilities().as_ref().expect("capabilities");
+        let bounding = caps.bounding().as_ref().expect("bounding set");
+        assert!(
+            bounding.len() <= 14,
+            "capability set is not minimal: {bounding:?}"
+        );
+        let linux = spec.linux().as_ref().expect("linux");
+        assert!(linux
+            .masked_paths()
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|p| p == "/proc/kcore")));
+        assert!(linux
+            .readonly_paths()
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|p| p == "/proc/sys")));
+        let seccomp = linux.seccomp().as_ref().expect("seccomp");
+        let denied = seccomp.syscalls().as_ref().expect("rules")[0]
+            .names()
+            .clone();
+        assert!(denied.iter().any(|n| n == "kexec_load"));
+    }
+
+    #[test]
+    fn prepare_makes_paths_absolute_and_sets_cgroups_path() {
+        let dir = std::env::temp_dir().join(format!("berth-spec-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("rootfs")).expect("mkdir");
+        let mut spec = default_spec().expect("default spec");
+        prepare(&mut spec, &dir, Path::new("berth"), "c1").expect("prepare");
+        assert_eq!(
+            spec.root().as_ref().map(|r| r.path().clone()),
+            Some(dir.join("rootfs"))
+        );
+        let linux = spec.linux().as_ref().expect("linux");
+        assert_eq!(
+            linux.cgroups_path().clone(),
+            Some(PathBuf::from("/berth/c1"))
+        );
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn prepare_keeps_a_given_cgroups_path_and_refuses_a_missing_rootfs() {
+        let dir = std::env::temp_dir().join(format!("berth-spec2-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let mut spec = default_spec().expect("default spec");
+        let err = prepare(&mut spec, &dir, Path::new("berth"), "c1").expect_err("no rootfs");
+        assert!(err.to_string().contains("rootfs"), "{err}");
+        std::fs::create_dir_all(dir.join("rootfs")).expect("mkdir");
+        if let Some(linux) = spec.linux_mut() {
+            linux.set_cgroups_path(Some(PathBuf::from("/mine/x")));
+        }
+        prepare(&mut spec, &dir, Path::new("berth"), "c1").expect("prepare");
+        let linux = spec.linux().as_ref().expect("linux");
+        assert_eq!(linux.cgroups_path().clone(), Some(PathBuf::from("/mine/x")));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
