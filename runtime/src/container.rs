@@ -125,15 +125,15 @@ impl Runtime {
 
     /// Creates container `id` from a bundle: namespaces, cgroups, mounts
     /// and the init process, which waits for `start`. Returns once the
-    /// container is `created` (and its pid file written). On failure
-    /// nothing of it remains.
-    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<()> {
+    /// container is `created` (and its pid file written) with the init
+    /// process's pid. On failure nothing of it remains.
+    pub fn create(&self, id: &str, opts: &CreateOptions) -> Result<i32> {
         self.create_with(id, opts, true)
     }
 
     /// [`Runtime::create`], with `detach` telling libcontainer whether the
     /// caller returns (create) or stays and waits for the container (run).
-    pub fn create_with(&self, id: &str, opts: &CreateOptions, detach: bool) -> Result<()> {
+    pub fn create_with(&self, id: &str, opts: &CreateOptions, detach: bool) -> Result<i32> {
         validate_id(id)?;
         if self.container_dir(id).exists() {
             return Err(Error::Exists(id.to_owned()));
@@ -148,16 +148,15 @@ impl Runtime {
         let made = self
             .write_private(&private, &spec, &bundle)
             .and_then(|()| self.build(id, opts, &private, detach));
-        if let Err(error) = made {
-            return Err(match self.remove_leftovers(id, &spec) {
+        made.or_else(|error| {
+            Err(match self.remove_leftovers(id, &spec) {
                 Ok(()) => error,
                 Err(cleanup) => Error::Cleanup {
                     error: Box::new(error),
                     cleanup: Box::new(cleanup),
                 },
-            });
-        }
-        Ok(())
+            })
+        })
     }
 
     fn write_private(&self, private: &Path, spec: &Spec, bundle: &Path) -> Result<()> {
@@ -176,8 +175,8 @@ impl Runtime {
         fs::write(&origin, bundle.as_os_str().as_encoded_bytes()).map_err(Error::io(&origin))
     }
 
-    fn build(&self, id: &str, opts: &CreateOptions, private: &Path, detach: bool) -> Result<()> {
-        ContainerBuilder::new(id.to_owned(), SyscallType::default())
+    fn build(&self, id: &str, opts: &CreateOptions, private: &Path, detach: bool) -> Result<i32> {
+        let container = ContainerBuilder::new(id.to_owned(), SyscallType::default())
             .with_executor(StdioExecutor)
             .with_root_path(&self.root)?
             .with_pid_file(opts.pid_file.as_ref())?
@@ -188,7 +187,12 @@ impl Runtime {
             .with_detach(detach)
             .with_no_pivot(opts.no_pivot)
             .build()?;
-        Ok(())
+        container
+            .pid()
+            .map(|p| p.as_raw())
+            .ok_or(Error::Unsupported(
+                "a created container without an init process",
+            ))
     }
 
     /// Removes what a failed create left: libcontainer's directory (and

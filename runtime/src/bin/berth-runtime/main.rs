@@ -232,7 +232,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     }
     let runtime = Runtime::new(&cli.root, &cli.cgroup_parent)?;
     match cli.command {
-        Command::Create(args) => runtime.create(&args.id, &args.options())?,
+        Command::Create(args) => drop(runtime.create(&args.id, &args.options())?),
         Command::Start { id } => runtime.start(&id)?,
         Command::Run { create, detach } => return run_container(&runtime, &create, detach),
         Command::State { id } => {
@@ -323,7 +323,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
 
 /// `run`: create and start; in the foreground wait, then delete.
 fn run_container(runtime: &Runtime, args: &CreateArgs, detach: bool) -> anyhow::Result<u8> {
-    runtime.create_with(&args.id, &args.options(), detach)?;
+    let pid = runtime.create_with(&args.id, &args.options(), detach)?;
     if let Err(e) = runtime.start(&args.id) {
         if let Err(cleanup) = runtime.delete(&args.id, true) {
             tracing::warn!(id = %args.id, error = %cleanup, "removing the container that did not start");
@@ -333,7 +333,6 @@ fn run_container(runtime: &Runtime, args: &CreateArgs, detach: bool) -> anyhow::
     if detach {
         return Ok(0);
     }
-    let pid = runtime.state(&args.id)?.pid;
     let code = wait_forwarding(pid)?;
     runtime.delete(&args.id, true)?;
     Ok(exit_byte(code))
