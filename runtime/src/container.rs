@@ -148,14 +148,12 @@ impl Runtime {
         let made = self
             .write_private(&private, &spec, &bundle)
             .and_then(|()| self.build(id, opts, &private, detach));
-        made.or_else(|error| {
-            Err(match self.remove_leftovers(id, &spec) {
-                Ok(()) => error,
-                Err(cleanup) => Error::Cleanup {
-                    error: Box::new(error),
-                    cleanup: Box::new(cleanup),
-                },
-            })
+        made.map_err(|error| match self.remove_leftovers(id, &spec) {
+            Ok(()) => error,
+            Err(cleanup) => Error::Cleanup {
+                error: Box::new(error),
+                cleanup: Box::new(cleanup),
+            },
         })
     }
 
