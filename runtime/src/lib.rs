@@ -5,6 +5,8 @@
 //!   `containerd-shim-runc-v2` calls it.
 //! - [`spec`]: the default configuration and what `create` adds to a
 //!   bundle's (`cgroupsPath` always set).
+//! - [`image`]: the image store (OCI layouts, shared unpacked layers,
+//!   overlay root filesystems).
 //! - [`wait`]: waiting for a foreground process, forwarding signals.
 //!
 //! libcontainer forks and must be called from a single-threaded process:
@@ -13,6 +15,7 @@
 
 pub mod container;
 pub mod error;
+pub mod image;
 pub mod spec;
 mod stdio;
 pub mod wait;

@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod deps;
+mod image;
 mod shell;
 mod test;
 
@@ -25,6 +26,8 @@ enum Task {
     Up(cluster::UpArgs),
     /// Remove the local cluster and everything it made.
     Down(cluster::DownArgs),
+    /// Build the busybox test image as an OCI layout (target/images/busybox).
+    Image(image::ImageArgs),
     /// Run a benchmark (release build) and print its numbers.
     Bench {
         /// What to measure.
@@ -38,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::all(),
         Task::Up(args) => cluster::up(&args),
         Task::Down(args) => cluster::down(&args),
+        Task::Image(args) => image::build(&args),
         Task::Bench { target } => bench::run_bench(target),
     }
 }

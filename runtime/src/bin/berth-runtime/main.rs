@@ -10,6 +10,8 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use berth_runtime::container::{CreateOptions, ExecOptions, Runtime, State};
+use berth_runtime::image::pack::{pack, PackOptions};
+use berth_runtime::image::ImageStore;
 use berth_runtime::spec;
 use berth_runtime::wait::wait_forwarding;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -37,6 +39,9 @@ struct Cli {
     /// Manage cgroups through systemd (not supported: cgroupfs only).
     #[arg(long, global = true)]
     systemd_cgroup: bool,
+    /// The image store's directory.
+    #[arg(long, global = true, default_value = "/var/lib/berth/images")]
+    images: PathBuf,
     /// Cgroup parent of containers whose configuration has no cgroupsPath.
     #[arg(long, global = true, default_value = "berth")]
     cgroup_parent: PathBuf,
@@ -200,6 +205,39 @@ enum Command {
         #[arg(long, short, default_value = ".")]
         bundle: PathBuf,
     },
+    /// The image store: import OCI layouts, mount root filesystems.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ImageCommand {
+    /// Import every image of an OCI image layout (all blobs verified first).
+    Import { layout: PathBuf },
+    /// List the imported images.
+    List,
+    /// Mount a root filesystem for a container from an image; prints its path.
+    Mount { id: String, image: String },
+    /// Unmount and remove a container's root filesystem.
+    Unmount { id: String },
+    /// Write directories as an image (one gzip layer each, bottom first) into an OCI layout.
+    Pack {
+        /// The image's name in the layout.
+        #[arg(long)]
+        name: String,
+        /// The default command (repeat for each argument).
+        #[arg(long = "cmd")]
+        cmd: Vec<String>,
+        /// Environment of the image (KEY=value).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// The layout directory to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Layer directories, bottom first.
+        #[arg(required = true)]
+        layers: Vec<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -229,6 +267,9 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Command::Spec { bundle } = &cli.command {
         write_default_spec(bundle)?;
         return Ok(0);
+    }
+    if let Command::Image(command) = cli.command {
+        return image_command(&cli.images, command).map(|()| 0);
     }
     let runtime = Runtime::new(&cli.root, &cli.cgroup_parent)?;
     match cli.command {
@@ -314,11 +355,46 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
                 .context("the resources are not runtime-spec LinuxResources")?;
             runtime.update(&id, &resources)?;
         }
-        Command::Features | Command::Spec { .. } => {
+        Command::Features | Command::Spec { .. } | Command::Image(_) => {
             unreachable!("handled before the runtime root is made")
         }
     }
     Ok(0)
+}
+
+fn image_command(dir: &Path, command: ImageCommand) -> anyhow::Result<()> {
+    if let ImageCommand::Pack {
+        name,
+        cmd,
+        env,
+        out,
+        layers,
+    } = command
+    {
+        let layers: Vec<&Path> = layers.iter().map(PathBuf::as_path).collect();
+        let digest = pack(&layers, &out, &PackOptions { name, cmd, env })?;
+        println!("{digest}");
+        return Ok(());
+    }
+    let store = ImageStore::open(dir)?;
+    match command {
+        ImageCommand::Import { layout } => {
+            for name in store.import(&layout)? {
+                println!("{name}");
+            }
+        }
+        ImageCommand::List => {
+            for (name, digest) in store.list()? {
+                println!("{name}\t{digest}");
+            }
+        }
+        ImageCommand::Mount { id, image } => {
+            println!("{}", store.mount_rootfs(&id, &image)?.display())
+        }
+        ImageCommand::Unmount { id } => store.remove_rootfs(&id)?,
+        ImageCommand::Pack { .. } => unreachable!("handled above"),
+    }
+    Ok(())
 }
 
 /// `run`: create and start; in the foreground wait, then delete.
