@@ -7,6 +7,8 @@
 //!   bundle's (`cgroupsPath` always set).
 //! - [`image`]: the image store (OCI layouts, shared unpacked layers,
 //!   overlay root filesystems).
+//! - [`pod`]: pod sandboxes (`berth-pause`) and app containers joining
+//!   their namespaces, driven through the `berth-runtime` binary.
 //! - [`wait`]: waiting for a foreground process, forwarding signals.
 //!
 //! libcontainer forks and must be called from a single-threaded process:
@@ -16,6 +18,7 @@
 pub mod container;
 pub mod error;
 pub mod image;
+pub mod pod;
 pub mod spec;
 mod stdio;
 pub mod wait;

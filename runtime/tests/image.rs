@@ -21,22 +21,7 @@ fn pack_test_image(bed: &Bed) -> PathBuf {
     std::fs::write(top.join("bin/.wh.ls"), "").expect("whiteout");
     std::fs::write(top.join("etc/.wh..wh..opq"), "").expect("opaque");
     std::fs::write(top.join("etc/motd"), "from the top layer\n").expect("motd");
-    let layout = bed.dir.join("layout");
-    bed.ok(&[
-        "image",
-        "pack",
-        "--name",
-        "test:2",
-        "--cmd",
-        "sh",
-        "--env",
-        "PATH=/bin",
-        "--out",
-        layout.to_str().expect("path"),
-        base.to_str().expect("path"),
-        top.to_str().expect("path"),
-    ]);
-    layout
+    bed.pack("test:2", &[&base, &top])
 }
 
 fn store_args<'a>(store: &'a str, args: &[&'a str]) -> Vec<&'a str> {

@@ -129,6 +129,29 @@ impl Bed {
         ]);
     }
 
+    /// Packs `layers` (bottom first) as image `name` into the layout
+    /// `<dir>/layout` with `berth-runtime image pack`; returns the layout.
+    pub fn pack(&self, name: &str, layers: &[&Path]) -> PathBuf {
+        let layout = self.dir.join("layout");
+        let out = layout.display().to_string();
+        let mut args = vec![
+            "image",
+            "pack",
+            "--name",
+            name,
+            "--cmd",
+            "sh",
+            "--env",
+            "PATH=/bin",
+            "--out",
+            &out,
+        ];
+        let layers: Vec<String> = layers.iter().map(|l| l.display().to_string()).collect();
+        args.extend(layers.iter().map(String::as_str));
+        self.ok(&args);
+        layout
+    }
+
     /// The container's state as `berth-runtime state` prints it.
     pub fn state(&self, id: &str) -> Value {
         serde_json::from_str(&self.ok(&["state", id])).expect("state is JSON")
@@ -309,4 +332,33 @@ pub fn cgroup_file(bed: &Bed, id: &str, controller: &str, v1_file: &str, v2_file
             .join(v2_file)
     };
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The static `berth-pause`, built for the tests (a target triple of its
+/// own keeps the static flags away from the rest of the build).
+pub fn pause_binary() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .expect("workspace")
+                .to_owned();
+            let status = Command::new(env!("CARGO"))
+                .current_dir(&workspace)
+                .args([
+                    "build",
+                    "--release",
+                    "-p",
+                    "berth-pause",
+                    "--target",
+                    "x86_64-unknown-linux-gnu",
+                ])
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .status()
+                .expect("run cargo");
+            assert!(status.success(), "building the static berth-pause failed");
+            workspace.join("target/x86_64-unknown-linux-gnu/release/berth-pause")
+        })
+        .clone()
 }
