@@ -17,6 +17,9 @@ pub(crate) enum Target {
     /// 10, 1 000 and 10 000 services; programming time against
     /// iptables-restore; writes target/bench-lb.svg.
     Lb,
+    /// The OCI runtime: create + start + delete against runc (and crun
+    /// where it runs).
+    Runtime,
 }
 
 /// Builds in release mode and runs the benchmark.
@@ -53,6 +56,17 @@ pub(crate) fn run_bench(target: Target) -> anyhow::Result<()> {
                 "--bins",
             ]))?;
             run(cargo().args(["bench", "-p", "berth-tests", "--bench", "lb"]))
+        }
+        Target::Runtime => {
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "berth-runtime",
+                "--bin",
+                "berth-runtime",
+            ]))?;
+            run(cargo().args(["bench", "-p", "berth-runtime", "--bench", "runtime"]))
         }
     }
 }

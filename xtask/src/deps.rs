@@ -24,6 +24,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("etcd-server", "the distributed store's tests"),
     ("protobuf-compiler", "etcd's API, compiled by etcd-client"),
     ("iperf3", "overlay throughput benchmarks"),
+    ("runc", "the yardstick of the runtime benchmark"),
+    ("crun", "a second runtime yardstick (where it runs)"),
     (
         "containernetworking-plugins",
         "reference CNI plugins (bridge, host-local): the yardstick of berth-cni",
