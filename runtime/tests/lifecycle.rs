@@ -265,6 +265,11 @@ fn errors_are_logged_as_json_lines() {
 
     let err = bed.fails(&["--systemd-cgroup", "list"]);
     assert!(err.contains("--systemd-cgroup is not supported"), "{err}");
+    // go-runc spells booleans out; false is what a root runtime is.
+    bed.ok(&["--rootless=false", "list"]);
+    assert!(bed
+        .fails(&["--rootless=true", "list"])
+        .contains("not supported"));
     bed.finish();
 }
 

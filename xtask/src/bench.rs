@@ -58,14 +58,7 @@ pub(crate) fn run_bench(target: Target) -> anyhow::Result<()> {
             run(cargo().args(["bench", "-p", "berth-tests", "--bench", "lb"]))
         }
         Target::Runtime => {
-            run(cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "berth-runtime",
-                "--bin",
-                "berth-runtime",
-            ]))?;
+            crate::image::build_runtime()?;
             run(cargo().args(["bench", "-p", "berth-runtime", "--bench", "runtime"]))
         }
     }

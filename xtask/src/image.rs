@@ -28,14 +28,7 @@ pub(crate) struct ImageArgs {
 /// Builds the runtime, lays out a busybox root filesystem and packs it.
 pub(crate) fn build(args: &ImageArgs) -> anyhow::Result<()> {
     crate::deps::install()?;
-    run(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "berth-runtime",
-        "--bin",
-        "berth-runtime",
-    ]))?;
+    build_runtime()?;
     let out = args.out.clone().unwrap_or_else(default_out);
     let rootfs = workspace_root().join("target/images/busybox-rootfs");
     if rootfs.exists() {
@@ -57,6 +50,18 @@ pub(crate) fn build(args: &ImageArgs) -> anyhow::Result<()> {
     )?;
     eprintln!("==> image {} in {}", args.name, out.display());
     Ok(())
+}
+
+/// Builds `target/release/berth-runtime`.
+pub(crate) fn build_runtime() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "berth-runtime",
+        "--bin",
+        "berth-runtime",
+    ]))
 }
 
 /// `bin/busybox` with a link per applet, and the usual empty directories.

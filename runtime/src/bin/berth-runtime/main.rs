@@ -42,6 +42,9 @@ struct Cli {
     /// The image store's directory.
     #[arg(long, global = true, default_value = "/var/lib/berth/images")]
     images: PathBuf,
+    /// Rootless mode (runc's flag): only `false` or `auto` as root.
+    #[arg(long, global = true, default_value = "auto")]
+    rootless: String,
     /// Cgroup parent of containers whose configuration has no cgroupsPath.
     #[arg(long, global = true, default_value = "berth")]
     cgroup_parent: PathBuf,
@@ -259,6 +262,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     if cli.systemd_cgroup {
         bail!("--systemd-cgroup is not supported: berth-runtime manages cgroups through cgroupfs (v1 and v2); drop the flag or set SystemdCgroup = false");
+    }
+    match cli.rootless.as_str() {
+        "false" | "auto" => {}
+        "true" => bail!("--rootless=true is not supported: run berth-runtime as root"),
+        other => bail!("--rootless takes true, false or auto, not {other:?}"),
     }
     if let Command::Features = cli.command {
         println!("{}", serde_json::to_string_pretty(&spec::features())?);
