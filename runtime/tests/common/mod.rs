@@ -238,6 +238,13 @@ impl Bed {
                     .status();
             }
         }
+        // Root filesystems a failed test left mounted.
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        for mount_point in mounts.lines().filter_map(|l| l.split(' ').nth(4)) {
+            if Path::new(mount_point).starts_with(&self.dir) {
+                let _ = nix::mount::umount2(mount_point, nix::mount::MntFlags::MNT_DETACH);
+            }
+        }
         for hierarchy in cgroup_hierarchies() {
             let parent = hierarchy.join(&self.prefix);
             if let Ok(entries) = std::fs::read_dir(&parent) {
