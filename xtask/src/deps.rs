@@ -27,6 +27,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("runc", "the yardstick of the runtime benchmark"),
     ("crun", "a second runtime yardstick (where it runs)"),
     (
+        "containerd",
+        "containerd-shim-runc-v2 calling berth-runtime as its runc in tests",
+    ),
+    (
         "containernetworking-plugins",
         "reference CNI plugins (bridge, host-local): the yardstick of berth-cni",
     ),
