@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// The programs to build; each `src/bpf/<name>.bpf.c` becomes `<name>.skel.rs`.
-const PROGRAMS: &[&str] = &["sock_lb", "sock_destroy"];
+const PROGRAMS: &[&str] = &["sock_lb", "sock_destroy", "nodeport"];
 
 /// Writes `vmlinux.h` (the kernel's types, for programs that reach into
 /// kernel structures) into `out_dir` from the running kernel's BTF.

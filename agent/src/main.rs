@@ -17,8 +17,10 @@ use berth_agent::node::{self, NodeInfo};
 use berth_agent::overlay::peers::{UNDERLAY_IP_ANNOTATION, VTEP_MAC_ANNOTATION};
 use berth_agent::overlay::Overlay;
 use berth_agent::services::desired::ThisNode;
+use berth_agent::services::nodeport::NodePortKeeper;
 use berth_agent::services::{Placement, ServiceLb};
 use berth_cni::netlink::format_mac;
+use berth_ebpf::NodePortConfig;
 use clap::Parser;
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -119,6 +121,24 @@ enum Bpf {
     Affinity {
         #[command(subcommand)]
         what: Affinity,
+    },
+    /// Connection tracking of frontends reached from outside the node.
+    Ct {
+        #[command(subcommand)]
+        what: Ct,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Ct {
+    /// Every translated connection, both directions.
+    List {
+        /// bpffs directory of the node's maps.
+        #[arg(long, default_value = "/sys/fs/bpf/berth")]
+        pin_dir: PathBuf,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
 }
 
@@ -242,6 +262,34 @@ fn bpf(what: Bpf) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Bpf::Ct {
+            what: Ct::List { pin_dir, output },
+        } => {
+            let entries = berth_ebpf::ct_entries(&pin_dir)
+                .with_context(|| format!("reading the maps pinned in {}", pin_dir.display()))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&entries)?),
+                Output::Table => {
+                    println!(
+                        "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} BACKEND ID",
+                        "DIRECTION", "PROTO", "FROM", "TO", "NEW FROM", "NEW TO"
+                    );
+                    for e in &entries {
+                        println!(
+                            "{:<9} {:<5} {:<22} {:<22} {:<22} {:<22} {}",
+                            e.direction,
+                            e.proto.to_string(),
+                            e.from.to_string(),
+                            e.to.to_string(),
+                            e.new_from.to_string(),
+                            e.new_to.to_string(),
+                            e.backend_id
+                        );
+                    }
+                }
+            }
+            Ok(())
+        }
         Bpf::Affinity {
             what: Affinity::List { pin_dir, output },
         } => {
@@ -355,7 +403,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
             Arc::clone(&metrics),
         ));
     }
-    start_services(&config, &caches, &info.name, node_ip, &metrics)?;
+    start_services(&config, &caches, &info.name, node_ip, pod_cidr, &metrics)?;
     tokio::spawn(overlay.run(
         caches.nodes.clone(),
         Duration::from_secs(config.overlay.resync_seconds),
@@ -416,8 +464,24 @@ fn start_services(
     caches: &Caches,
     node: &str,
     node_ip: std::net::Ipv4Addr,
+    pod_cidr: Ipv4Network,
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<()> {
+    // Translated NodePort traffic leaves with the bridge's address (the
+    // pod CIDR's first), so every backend answers through this node.
+    let snat = pod_cidr
+        .nth(1)
+        .context("the pod CIDR has no gateway address")?;
+    let nodeport = NodePortKeeper::new(
+        NodePortConfig {
+            pin_dir: config.services.pin_dir.clone(),
+            map_sizes: config.services.map_sizes.into(),
+            snat,
+        },
+        config.netns.clone(),
+        node_ip,
+        vec![config.cni.bridge.clone(), config.overlay.device.clone()],
+    );
     let placement = Placement {
         pin_dir: config.services.pin_dir.clone(),
         cgroup: config.services.cgroup(),
@@ -434,7 +498,7 @@ fn start_services(
     let (started, ready) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("services".into())
-        .spawn(move || match ServiceLb::start(&placement, map_sizes, this) {
+        .spawn(move || match ServiceLb::start(&placement, map_sizes, this, Some(nodeport)) {
             Ok(lb) => {
                 tracing::info!(cgroup = %placement.cgroup.display(), pins = %placement.pin_dir.display(), "service load balancer attached");
                 let _ = started.send(Ok(()));

@@ -46,3 +46,58 @@ pub fn create_pin_dir(dir: &Path) -> Result<(), Error> {
     }
     Ok(())
 }
+
+/// Sets an opened map's size and pins it at `<pin_dir>/<name>` (an
+/// existing pin of the same layout is reused by the load that follows).
+pub(crate) fn size_and_pin(
+    map: &mut libbpf_rs::OpenMapMut<'_>,
+    name: &str,
+    size: u32,
+    pin_dir: &Path,
+) -> Result<(), Error> {
+    map.set_max_entries(size)
+        .map_err(|e| Error::bpf(format!("size {name}"), e))?;
+    map.set_pin_path(pin_dir.join(name))
+        .map_err(|e| Error::bpf(format!("set pin path of {name}"), e))
+}
+
+/// Sizes and pins the maps every program shares (`bpf/lb4.h`), on the
+/// opened maps of any skeleton that includes it; `$config` has `pin_dir`
+/// and `map_sizes`.
+macro_rules! pin_lb4_maps {
+    ($maps:expr, $config:expr) => {{
+        let sizes = &$config.map_sizes;
+        let dir = &$config.pin_dir;
+        $crate::bpffs::size_and_pin(
+            &mut $maps.lb4_services,
+            $crate::lb_maps::SERVICES_MAP,
+            sizes.services,
+            dir,
+        )
+        .and_then(|()| {
+            $crate::bpffs::size_and_pin(
+                &mut $maps.lb4_backends,
+                $crate::lb_maps::BACKENDS_MAP,
+                sizes.backends,
+                dir,
+            )
+        })
+        .and_then(|()| {
+            $crate::bpffs::size_and_pin(
+                &mut $maps.lb4_reverse_sk,
+                $crate::sock_lb::REVERSE_MAP,
+                sizes.reverse,
+                dir,
+            )
+        })
+        .and_then(|()| {
+            $crate::bpffs::size_and_pin(
+                &mut $maps.lb4_affinity,
+                $crate::lb_maps::AFFINITY_MAP,
+                sizes.affinity,
+                dir,
+            )
+        })
+    }};
+}
+pub(crate) use pin_lb4_maps;

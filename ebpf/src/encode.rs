@@ -8,6 +8,7 @@ use std::mem::size_of;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::model::{Backend, Frontend, Protocol};
+use crate::skel::nodeport::types::{lb4_ct as ct_value, lb4_ct_key as ct_key};
 use crate::skel::types::{lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_service};
 use crate::Error;
 
@@ -47,6 +48,20 @@ impl MapEntry for lb4_backend {}
 impl MapEntry for lb4_affinity_key {}
 impl MapEntry for lb4_affinity {}
 impl MapEntry for u32 {}
+
+// SAFETY: as above (`bpf/nodeport.bpf.c`).
+unsafe impl plain::Plain for ct_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for ct_value {}
+impl MapEntry for ct_key {}
+impl MapEntry for ct_value {}
+
+const _: () = {
+    assert!(size_of::<ct_key>() == 16);
+    assert!(size_of::<ct_value>() == 32);
+    assert!(std::mem::offset_of!(ct_value, created_ns) == 24);
+    assert!(std::mem::offset_of!(ct_value, backend_id) == 12);
+};
 
 /// The bytes of `value`, as the kernel reads them.
 pub(crate) fn bytes_of<T: MapEntry>(value: &T) -> &[u8] {

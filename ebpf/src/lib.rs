@@ -9,6 +9,8 @@
 //! - [`LbMaps`] programs services into the pinned maps and reads them back;
 //! - [`destroy_udp_connected_to`] closes UDP sockets still connected to
 //!   backends that went away;
+//! - [`attach_nodeport`] translates frontends reached from outside the
+//!   node at tc ingress; [`ct_entries`] reads its connection table;
 //! - [`model`] is the service model those maps encode. It knows nothing of
 //!   Kubernetes.
 
@@ -17,11 +19,13 @@ mod encode;
 mod error;
 mod lb_maps;
 pub mod model;
+mod nodeport;
 mod skel;
 mod sock_destroy;
 mod sock_lb;
 
 pub use error::Error;
 pub use lb_maps::{AffinityEntry, LbMaps, MapSizes, ServiceEntry, SlotEntry};
+pub use nodeport::{attach_nodeport, ct_entries, CtEntry, NodePortConfig, NodePortDevices, CT_MAP};
 pub use sock_destroy::destroy_udp_connected_to;
 pub use sock_lb::{SockLb, SockLbConfig};

@@ -18,3 +18,8 @@ include!(concat!(env!("OUT_DIR"), "/sock_lb.skel.rs"));
 pub(crate) mod destroy {
     include!(concat!(env!("OUT_DIR"), "/sock_destroy.skel.rs"));
 }
+
+/// The NodePort translator (`bpf/nodeport.bpf.c`).
+pub(crate) mod nodeport {
+    include!(concat!(env!("OUT_DIR"), "/nodeport.skel.rs"));
+}

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Link, OpenObject};
 
-use crate::lb_maps::{AFFINITY_MAP, BACKENDS_MAP, SERVICES_MAP};
 use crate::skel::SockLbSkelBuilder;
 use crate::{bpffs, Error, LbMaps, MapSizes};
 
@@ -76,34 +75,7 @@ impl SockLb {
         let mut open = SockLbSkelBuilder::default()
             .open(&mut object)
             .map_err(|e| Error::bpf("open sock_lb object", e))?;
-        let maps = &mut open.maps;
-        for (map, name, size) in [
-            (
-                &mut maps.lb4_services,
-                SERVICES_MAP,
-                config.map_sizes.services,
-            ),
-            (
-                &mut maps.lb4_backends,
-                BACKENDS_MAP,
-                config.map_sizes.backends,
-            ),
-            (
-                &mut maps.lb4_reverse_sk,
-                REVERSE_MAP,
-                config.map_sizes.reverse,
-            ),
-            (
-                &mut maps.lb4_affinity,
-                AFFINITY_MAP,
-                config.map_sizes.affinity,
-            ),
-        ] {
-            map.set_max_entries(size)
-                .map_err(|e| Error::bpf(format!("size {name}"), e))?;
-            map.set_pin_path(config.pin_dir.join(name))
-                .map_err(|e| Error::bpf(format!("set pin path of {name}"), e))?;
-        }
+        bpffs::pin_lb4_maps!(open.maps, config)?;
         let skel = open.load().map_err(|e| {
             Error::bpf(
                 format!(

@@ -673,3 +673,124 @@ fn a_full_map_is_reported_and_counted_and_other_services_still_programmed() {
         "the agent did not say which map is full:\n{logs}"
     );
 }
+
+/// `berth-agent bpf ct list -o json` on node `i`.
+fn ct_list(cluster: &Cluster, i: usize) -> Value {
+    let pins = cluster.testbed().nodes()[i].pin_dir().display().to_string();
+    let out = std::process::Command::new(workspace_bin("berth-agent"))
+        .args(["bpf", "ct", "list", "-o", "json", "--pin-dir", &pins])
+        .output()
+        .expect("berth-agent bpf ct list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
+    let cluster = start();
+    let backends: Vec<BackendPod> = (0..3)
+        .map(|i| backend(&cluster, i, &format!("web{i}")))
+        .collect();
+    cluster
+        .apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"type": "NodePort", "ports": [
+                {"name": "tcp", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP", "nodePort": 30080},
+                {"name": "udp", "port": 53, "targetPort": UDP_PORT, "protocol": "UDP", "nodePort": 30053},
+            ]},
+        }))
+        .expect("create the NodePort Service");
+    endpoints(
+        &cluster,
+        &backends.iter().map(|b| (b, ready())).collect::<Vec<_>>(),
+    );
+    let nodes = cluster.testbed().nodes();
+    for (i, node) in nodes.iter().enumerate() {
+        wait_programmed(&cluster, i, &format!("{}:30080/TCP", node.underlay_ip()), 3);
+    }
+
+    // A client outside every node: a host on the underlay.
+    let underlay = cluster.testbed().underlay();
+    let host = Ipv4Addr::new(172, 30, 0, 254);
+    underlay
+        .ip(&["addr", "add", &format!("{host}/24"), "dev", "ul0"])
+        .expect("a host on the underlay");
+    for node in nodes {
+        let target = (node.underlay_ip(), 30080);
+        let greetings: Vec<String> = underlay
+            .run(|| {
+                (0..60)
+                    .map(|_| {
+                        let conn = std::net::TcpStream::connect_timeout(
+                            &std::net::SocketAddr::from(target),
+                            Duration::from_secs(5),
+                        )
+                        .expect("connect to the NodePort from outside");
+                        conn.set_read_timeout(Some(Duration::from_secs(5)))
+                            .expect("timeout");
+                        // The handshake completed with node:30080, so the
+                        // answer came from the address the client asked.
+                        assert_eq!(
+                            conn.peer_addr().expect("peer"),
+                            std::net::SocketAddr::from(target)
+                        );
+                        let mut line = String::new();
+                        BufReader::new(conn).read_line(&mut line).expect("greeting");
+                        line.trim().to_string()
+                    })
+                    .collect()
+            })
+            .expect("enter the underlay");
+        let seen = tally(&greetings);
+        assert_eq!(
+            seen.len(),
+            3,
+            "node {}: backends on every node answer: {seen:?}",
+            node.name()
+        );
+
+        let udp = underlay
+            .run(|| UdpSocket::bind((host, 0)))
+            .expect("enter")
+            .expect("bind");
+        udp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        udp.send_to(b"ping", (node.underlay_ip(), 30053))
+            .expect("send");
+        let mut buf = [0u8; 64];
+        let (n, from) = udp.recv_from(&mut buf).expect("a UDP answer");
+        assert_eq!(
+            from,
+            std::net::SocketAddr::from((node.underlay_ip(), 30053)),
+            "the answer comes from the NodePort"
+        );
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("web"));
+    }
+    // Hairpin: a backend reaching the service through its own node's
+    // NodePort is among the backends that answer it.
+    let own = format!("{}:30080", nodes[0].underlay_ip());
+    let lines = cluster
+        .probe(
+            0,
+            &backends[0]._netns,
+            &["tcp", "--target", &own, "--count", "60"],
+        )
+        .expect("probe from a backend pod");
+    assert!(tally(&lines).contains_key("web0"), "{lines:?}");
+
+    let ct = ct_list(&cluster, 0);
+    let entries = ct.as_array().expect("entries");
+    assert!(
+        entries.iter().any(|e| e["direction"] == "original"
+            && e["from"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("172.30.0.254:"))),
+        "{ct}"
+    );
+    assert!(entries.iter().any(|e| e["direction"] == "reply"), "{ct}");
+}

@@ -9,6 +9,7 @@
 //! and the API: a frontend whose backends did not change is not touched.
 
 pub mod desired;
+pub mod nodeport;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddrV4;
@@ -48,6 +49,8 @@ pub struct ServiceLb {
     /// The load-balanced cgroup: its processes' UDP sockets are closed
     /// when the backend they are connected to goes away.
     cgroup: PathBuf,
+    /// The translator of frontends reached from outside the node.
+    nodeport: Option<nodeport::NodePortKeeper>,
     // Holds the attachments open while the agent runs; the pins keep them
     // after it stops.
     _lb: SockLb,
@@ -68,6 +71,7 @@ impl ServiceLb {
         placement: &Placement,
         map_sizes: MapSizes,
         node: ThisNode,
+        nodeport: Option<nodeport::NodePortKeeper>,
     ) -> Result<Self, berth_ebpf::Error> {
         if let Some(root) = bpffs_root(&placement.pin_dir) {
             berth_ebpf::bpffs::ensure_mounted(root)?;
@@ -84,6 +88,7 @@ impl ServiceLb {
             maps,
             node,
             cgroup: placement.cgroup.clone(),
+            nodeport,
             _lb: lb,
         })
     }
@@ -96,6 +101,11 @@ impl ServiceLb {
         services: &[&Service],
         slices: &[&EndpointSlice],
     ) -> Result<SyncReport, berth_ebpf::Error> {
+        if let Some(keeper) = self.nodeport.as_mut() {
+            if let Err(e) = keeper.ensure() {
+                tracing::warn!(error = %e, "NodePort translator not attached; retrying");
+            }
+        }
         let want = desired::desired(services, slices, &self.node);
         let have = self.maps.services()?;
         let mut report = SyncReport::default();

@@ -1,0 +1,289 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Service frontends reached from outside the node (NodePort, externalIPs,
+ * LoadBalancer IPs), at tc ingress:
+ *
+ * - berth_nodeport, on the node's underlay interface: a packet to a
+ *   frontend is translated to a backend (DNAT) and given this node's
+ *   pod-network address as its source, with a port chosen here (SNAT), so
+ *   the backend, local or on another node, answers to this node over the
+ *   pod network. Both directions are remembered in lb4_ct.
+ * - berth_nodeport_reply, on the bridge and the VXLAN device: a reply to
+ *   the SNAT address is translated back (source: the frontend, destination:
+ *   the client) and sent out of the underlay interface.
+ *
+ * Translated packets leave through bpf_redirect(_neigh) after a FIB lookup
+ * instead of the input path, which would drop a packet arriving from
+ * outside with a local source address.
+ */
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_endian.h>
+#include "lb4.h"
+
+#define AF_INET 2
+/* Ports the SNAT draws from (the kernel's default ephemeral range). */
+#define NAT_PORT_MIN 32768
+#define NAT_PORT_SPAN 28232
+#define NAT_PORT_TRIES 16
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* Set by the loader: this node's pod-network address (the bridge's). */
+const volatile __be32 snat_address = 0;
+
+/* One direction of a translated connection, as it arrives. */
+struct lb4_ct_key {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 proto;
+	__u8 pad[3];
+};
+
+/* What a packet of that direction is rewritten to. */
+struct lb4_ct {
+	__be32 saddr;
+	__be32 daddr;
+	__be16 sport;
+	__be16 dport;
+	__u32 backend_id;   /* the backend chosen (both directions) */
+	__u32 flags;        /* LB4_CT_REPLY for the reply direction */
+	__u32 pad;
+	__u64 created_ns;
+};
+
+#define LB4_CT_REPLY 0x1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct lb4_ct_key);
+	__type(value, struct lb4_ct);
+	__uint(max_entries, 262144);
+} lb4_ct SEC(".maps");
+
+/* Offsets of what a translation rewrites, for the packet at hand. */
+struct l4 {
+	__u32 ip_off;       /* IPv4 header */
+	__u32 l4_off;       /* TCP/UDP header */
+	__u32 csum_off;     /* L4 checksum */
+	__u8 proto;
+	__u8 udp_no_csum;   /* UDP without a checksum: leave it so */
+};
+
+/* Parses an Ethernet + IPv4 + TCP/UDP packet into key; 0 on success. */
+static __always_inline int parse(struct __sk_buff *skb, struct lb4_ct_key *key,
+				 struct l4 *at)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	struct iphdr *ip;
+	__u32 ihl;
+
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return -1;
+	ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->version != 4)
+		return -1;
+	if (ip->frag_off & bpf_htons(0x3fff)) /* fragments: not translated */
+		return -1;
+	ihl = ip->ihl * 4;
+	if (ihl < sizeof(*ip))
+		return -1;
+	at->ip_off = sizeof(*eth);
+	at->l4_off = sizeof(*eth) + ihl;
+	at->proto = ip->protocol;
+	key->saddr = ip->saddr;
+	key->daddr = ip->daddr;
+	key->proto = ip->protocol;
+	if (ip->protocol == IPPROTO_TCP) {
+		struct tcphdr *tcp = data + at->l4_off;
+
+		if ((void *)(tcp + 1) > end)
+			return -1;
+		key->sport = tcp->source;
+		key->dport = tcp->dest;
+		at->csum_off = at->l4_off + 16;
+		at->udp_no_csum = 0;
+		return 0;
+	}
+	if (ip->protocol == IPPROTO_UDP) {
+		struct udphdr *udp = data + at->l4_off;
+
+		if ((void *)(udp + 1) > end)
+			return -1;
+		key->sport = udp->source;
+		key->dport = udp->dest;
+		at->csum_off = at->l4_off + 6;
+		at->udp_no_csum = udp->check == 0;
+		return 0;
+	}
+	return -1;
+}
+
+/* Rewrites addresses and ports from `from` to `to`, checksums included. */
+static __always_inline int rewrite(struct __sk_buff *skb, const struct l4 *at,
+				   const struct lb4_ct_key *from,
+				   const struct lb4_ct *to)
+{
+	__u32 ip_csum = at->ip_off + 10;
+	__u32 l4_flags = at->proto == IPPROTO_UDP ? BPF_F_MARK_MANGLED_0 : 0;
+
+	if (!at->udp_no_csum) {
+		if (bpf_l4_csum_replace(skb, at->csum_off, from->saddr, to->saddr,
+					l4_flags | BPF_F_PSEUDO_HDR | 4) ||
+		    bpf_l4_csum_replace(skb, at->csum_off, from->daddr, to->daddr,
+					l4_flags | BPF_F_PSEUDO_HDR | 4) ||
+		    bpf_l4_csum_replace(skb, at->csum_off, from->sport, to->sport,
+					l4_flags | 2) ||
+		    bpf_l4_csum_replace(skb, at->csum_off, from->dport, to->dport,
+					l4_flags | 2))
+			return -1;
+	}
+	if (bpf_l3_csum_replace(skb, ip_csum, from->saddr, to->saddr, 4) ||
+	    bpf_l3_csum_replace(skb, ip_csum, from->daddr, to->daddr, 4))
+		return -1;
+	if (bpf_skb_store_bytes(skb, at->ip_off + 12, &to->saddr, 4, 0) ||
+	    bpf_skb_store_bytes(skb, at->ip_off + 16, &to->daddr, 4, 0) ||
+	    bpf_skb_store_bytes(skb, at->l4_off, &to->sport, 2, 0) ||
+	    bpf_skb_store_bytes(skb, at->l4_off + 2, &to->dport, 2, 0))
+		return -1;
+	return 0;
+}
+
+/*
+ * Sends the (rewritten) packet toward its new destination: straight out
+ * of the device the FIB names, with the neighbour's MAC when known, else
+ * through the neighbour subsystem.
+ */
+static __always_inline int forward(struct __sk_buff *skb, __be32 saddr, __be32 daddr)
+{
+	struct bpf_fib_lookup fib = {
+		.family = AF_INET,
+		.ipv4_src = saddr,
+		.ipv4_dst = daddr,
+		.ifindex = skb->ingress_ifindex,
+	};
+	void *data, *end;
+	struct ethhdr *eth;
+	long rc;
+
+	rc = bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_DIRECT);
+	if (rc == BPF_FIB_LKUP_RET_NO_NEIGH) {
+		struct bpf_redir_neigh nh = {
+			.nh_family = AF_INET,
+			.ipv4_nh = fib.ipv4_dst,
+		};
+
+		return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
+	}
+	if (rc != BPF_FIB_LKUP_RET_SUCCESS)
+		return TC_ACT_SHOT;
+	data = (void *)(long)skb->data;
+	end = (void *)(long)skb->data_end;
+	eth = data;
+	if ((void *)(eth + 1) > end)
+		return TC_ACT_SHOT;
+	__builtin_memcpy(eth->h_dest, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, fib.smac, ETH_ALEN);
+	return bpf_redirect(fib.ifindex, 0);
+}
+
+/* A new connection to `svc`: choose a backend, a NAT port, remember both ways. */
+static __always_inline int ct_create(const struct lb4_ct_key *key,
+				     const struct lb4_service *svc,
+				     struct lb4_ct *fwd)
+{
+	struct lb4_backend *backend;
+	struct lb4_ct_key reply_key = {};
+	struct lb4_ct reply = {};
+	__u32 id = 0;
+	__u64 now = bpf_ktime_get_ns();
+	int i;
+
+	backend = lb4_select_backend(svc, key->daddr, key->dport, key->proto, &id);
+	if (!backend)
+		return -1;
+	reply_key.saddr = backend->address;
+	reply_key.daddr = snat_address;
+	reply_key.sport = backend->port;
+	reply_key.proto = key->proto;
+	reply.saddr = key->daddr;
+	reply.sport = key->dport;
+	reply.daddr = key->saddr;
+	reply.dport = key->sport;
+	reply.backend_id = id;
+	reply.flags = LB4_CT_REPLY;
+	reply.created_ns = now;
+	for (i = 0; i < NAT_PORT_TRIES; i++) {
+		__u16 port = NAT_PORT_MIN + bpf_get_prandom_u32() % NAT_PORT_SPAN;
+
+		reply_key.dport = bpf_htons(port);
+		if (bpf_map_update_elem(&lb4_ct, &reply_key, &reply, BPF_NOEXIST) == 0)
+			break;
+	}
+	if (i == NAT_PORT_TRIES)
+		return -1;
+	fwd->saddr = snat_address;
+	fwd->sport = reply_key.dport;
+	fwd->daddr = backend->address;
+	fwd->dport = backend->port;
+	fwd->backend_id = id;
+	fwd->created_ns = now;
+	if (bpf_map_update_elem(&lb4_ct, key, fwd, BPF_ANY)) {
+		bpf_map_delete_elem(&lb4_ct, &reply_key);
+		return -1;
+	}
+	return 0;
+}
+
+SEC("tc")
+int berth_nodeport(struct __sk_buff *skb)
+{
+	struct lb4_ct_key key = {};
+	struct lb4_ct fwd = {};
+	struct lb4_ct *known;
+	struct lb4_service *svc;
+	struct l4 at = {};
+
+	if (snat_address == 0 || parse(skb, &key, &at))
+		return TC_ACT_OK;
+	known = bpf_map_lookup_elem(&lb4_ct, &key);
+	if (known) {
+		fwd = *known;
+	} else {
+		svc = lb4_lookup_service(key.daddr, key.dport, key.proto);
+		if (!svc)
+			return TC_ACT_OK;
+		/* A frontend without backends refuses. */
+		if (svc->count == 0 || ct_create(&key, svc, &fwd))
+			return TC_ACT_SHOT;
+	}
+	if (rewrite(skb, &at, &key, &fwd))
+		return TC_ACT_SHOT;
+	return forward(skb, fwd.saddr, fwd.daddr);
+}
+
+SEC("tc")
+int berth_nodeport_reply(struct __sk_buff *skb)
+{
+	struct lb4_ct_key key = {};
+	struct lb4_ct back;
+	struct lb4_ct *known;
+	struct l4 at = {};
+
+	if (snat_address == 0 || parse(skb, &key, &at) || key.daddr != snat_address)
+		return TC_ACT_OK;
+	known = bpf_map_lookup_elem(&lb4_ct, &key);
+	if (!known)
+		return TC_ACT_OK;
+	back = *known;
+	if (rewrite(skb, &at, &key, &back))
+		return TC_ACT_SHOT;
+	return forward(skb, back.saddr, back.daddr);
+}
