@@ -68,6 +68,8 @@ pub struct MapSizesConfig {
     pub reverse: u32,
     /// `lb4_affinity`: one per client and frontend with affinity (LRU).
     pub affinity: u32,
+    /// `lb4_maglev`: one 4 KiB table per frontend using Maglev.
+    pub maglev: u32,
 }
 
 impl Default for MapSizesConfig {
@@ -78,6 +80,7 @@ impl Default for MapSizesConfig {
             backends: d.backends,
             reverse: d.reverse,
             affinity: d.affinity,
+            maglev: d.maglev,
         }
     }
 }
@@ -89,6 +92,7 @@ impl From<MapSizesConfig> for MapSizes {
             backends: c.backends,
             reverse: c.reverse,
             affinity: c.affinity,
+            maglev: c.maglev,
         }
     }
 }

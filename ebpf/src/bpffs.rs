@@ -98,6 +98,14 @@ macro_rules! pin_lb4_maps {
                 dir,
             )
         })
+        .and_then(|()| {
+            $crate::bpffs::size_and_pin(
+                &mut $maps.lb4_maglev,
+                $crate::lb_maps::MAGLEV_MAP,
+                sizes.maglev,
+                dir,
+            )
+        })
     }};
 }
 pub(crate) use pin_lb4_maps;

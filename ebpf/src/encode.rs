@@ -9,7 +9,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use crate::model::{Backend, Frontend, Protocol};
 use crate::skel::nodeport::types::{lb4_ct as ct_value, lb4_ct_key as ct_key};
-use crate::skel::types::{lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_service};
+use crate::skel::types::{
+    lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_maglev, lb4_service,
+};
 use crate::Error;
 
 // The C layouts, checked at compile time so a change to `lb4.h` that moves a
@@ -49,6 +51,10 @@ impl MapEntry for lb4_affinity_key {}
 impl MapEntry for lb4_affinity {}
 impl MapEntry for u32 {}
 
+// SAFETY: as above (an array of integers).
+unsafe impl plain::Plain for lb4_maglev {}
+impl MapEntry for lb4_maglev {}
+
 // SAFETY: as above (`bpf/nodeport.bpf.c`).
 unsafe impl plain::Plain for ct_key {}
 // SAFETY: as above.
@@ -57,6 +63,7 @@ impl MapEntry for ct_key {}
 impl MapEntry for ct_value {}
 
 const _: () = {
+    assert!(size_of::<lb4_maglev>() == 4 * crate::maglev::SIZE);
     assert!(size_of::<ct_key>() == 16);
     assert!(size_of::<ct_value>() == 32);
     assert!(std::mem::offset_of!(ct_value, created_ns) == 24);
@@ -116,6 +123,8 @@ pub(crate) fn master_entry(count: u16, flags: u16, affinity_timeout: u32) -> lb4
 
 /// Master entry flag: sessionAffinity ClientIP (`LB4_SVC_AFFINITY`).
 pub(crate) const FLAG_AFFINITY: u16 = 0x1;
+/// `LB4_SVC_MAGLEV`: flows from outside are hashed onto `lb4_maglev`.
+pub(crate) const FLAG_MAGLEV: u16 = 0x2;
 
 /// The frontend an affinity key belongs to.
 pub(crate) fn affinity_frontend(key: &lb4_affinity_key) -> Option<Frontend> {

@@ -8,8 +8,11 @@ use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
 use serde::Serialize;
 
 use crate::encode::{self, bytes_of, from_bytes};
+use crate::maglev;
 use crate::model::{Backend, Frontend};
-use crate::skel::types::{lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_service};
+use crate::skel::types::{
+    lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_maglev, lb4_service,
+};
 use crate::Error;
 
 /// File name of the services map under a pin directory.
@@ -18,6 +21,8 @@ pub(crate) const SERVICES_MAP: &str = "lb4_services";
 pub(crate) const BACKENDS_MAP: &str = "lb4_backends";
 /// File name of the session-affinity map under a pin directory.
 pub(crate) const AFFINITY_MAP: &str = "lb4_affinity";
+/// File name of the Maglev tables map under a pin directory.
+pub(crate) const MAGLEV_MAP: &str = "lb4_maglev";
 
 /// Most backends one frontend can have (slots are 16-bit, slot 0 is the
 /// master entry).
@@ -36,6 +41,9 @@ pub struct MapSizes {
     /// Entries of `lb4_affinity` (LRU): one per client and frontend with
     /// session affinity.
     pub affinity: u32,
+    /// Entries of `lb4_maglev`: one lookup table (4 KiB) per frontend
+    /// using Maglev.
+    pub maglev: u32,
 }
 
 impl Default for MapSizes {
@@ -45,6 +53,7 @@ impl Default for MapSizes {
             backends: 65536,
             reverse: 262144,
             affinity: 65536,
+            maglev: 1024,
         }
     }
 }
@@ -56,6 +65,9 @@ pub struct ServiceEntry {
     pub frontend: Frontend,
     /// The master entry's flags.
     pub flags: u16,
+    /// Flows from outside the node are hashed onto a Maglev table
+    /// (consistent across nodes) instead of a random slot.
+    pub maglev: bool,
     /// Session affinity (ClientIP) timeout in seconds, when on.
     pub affinity_timeout: Option<u32>,
     /// Backend slots, in slot order (slot 1 first).
@@ -84,6 +96,7 @@ struct Writes {
     deletes: Vec<lb4_key>,
     released: Vec<u32>,
     affinity_checks: Vec<Frontend>,
+    maglev: Vec<(lb4_key, Box<lb4_maglev>)>,
 }
 
 /// A client pinned to a backend by session affinity.
@@ -124,6 +137,7 @@ pub struct LbMaps {
     services: MapHandle,
     backends: MapHandle,
     affinity: MapHandle,
+    maglev: MapHandle,
     /// Backend -> its id in `lb4_backends`.
     backend_ids: HashMap<Backend, u32>,
     /// Backend id -> its backend (the reverse of `backend_ids`).
@@ -153,6 +167,7 @@ impl LbMaps {
             services: open(SERVICES_MAP)?,
             backends: open(BACKENDS_MAP)?,
             affinity: open(AFFINITY_MAP)?,
+            maglev: open(MAGLEV_MAP)?,
             backend_ids: HashMap::new(),
             id_backends: HashMap::new(),
             refs: HashMap::new(),
@@ -354,6 +369,12 @@ impl LbMaps {
         if flags & encode::FLAG_AFFINITY != 0 {
             writes.affinity_checks.push(*frontend);
         }
+        if flags & encode::FLAG_MAGLEV != 0 {
+            let table = self.maglev_entry(&new_ids);
+            writes
+                .maglev
+                .push((encode::service_key(frontend, 0), table));
+        }
         self.service_count = self
             .service_count
             .saturating_add(added)
@@ -389,6 +410,11 @@ impl LbMaps {
             &writes.master_keys,
             &writes.master_values,
         )?;
+        for (key, table) in &writes.maglev {
+            self.maglev
+                .update(bytes_of(key), bytes_of(table.as_ref()), MapFlags::ANY)
+                .map_err(|e| Error::bpf(format!("update {MAGLEV_MAP}"), e))?;
+        }
         for key in &writes.deletes {
             self.delete_service_key(key)?;
         }
@@ -500,7 +526,68 @@ impl LbMaps {
         {
             self.forget_affinity(frontend, |_| true)?;
         }
+        if held
+            .master
+            .is_some_and(|m| m.flags & encode::FLAG_MAGLEV != 0)
+        {
+            delete_key(
+                &self.maglev,
+                MAGLEV_MAP,
+                bytes_of(&encode::service_key(frontend, 0)),
+            )?;
+        }
         Ok(true)
+    }
+
+    /// Turns Maglev selection of `frontend` on (writing its table from its
+    /// current backends; rewritten whenever they change) or off. The
+    /// frontend must exist. Returns whether anything changed.
+    pub fn set_maglev(&mut self, frontend: &Frontend, on: bool) -> Result<bool, Error> {
+        let Some(held) = self.held.get(frontend).cloned() else {
+            return Err(Error::NoSuchFrontend(frontend.to_string()));
+        };
+        let Some(master) = held.master else {
+            return Err(Error::NoSuchFrontend(frontend.to_string()));
+        };
+        let flags = if on {
+            master.flags | encode::FLAG_MAGLEV
+        } else {
+            master.flags & !encode::FLAG_MAGLEV
+        };
+        if flags == master.flags {
+            return Ok(false);
+        }
+        let key = encode::service_key(frontend, 0);
+        if on {
+            let ids: Vec<u32> = held.ids.iter().flatten().copied().collect();
+            let table = self.maglev_entry(&ids);
+            self.maglev
+                .update(bytes_of(&key), bytes_of(table.as_ref()), MapFlags::ANY)
+                .map_err(|e| Error::bpf(format!("update {MAGLEV_MAP}"), e))?;
+        }
+        let entry = encode::master_entry(master.count, flags, master.backend_id);
+        self.put_service(&key, &entry)?;
+        if !on {
+            delete_key(&self.maglev, MAGLEV_MAP, bytes_of(&key))?;
+        }
+        if let Some(held) = self.held.get_mut(frontend) {
+            held.master = Some(entry);
+        }
+        Ok(true)
+    }
+
+    /// The Maglev table of a frontend whose slots hold backend `ids`.
+    fn maglev_entry(&self, ids: &[u32]) -> Box<lb4_maglev> {
+        let known: Vec<(u32, Backend)> = ids
+            .iter()
+            .filter_map(|id| self.id_backends.get(id).map(|b| (*id, *b)))
+            .collect();
+        let backends: Vec<Backend> = known.iter().map(|(_, b)| *b).collect();
+        let mut entry = Box::<lb4_maglev>::default();
+        for (slot, owner) in entry.backend_ids.iter_mut().zip(maglev::table(&backends)) {
+            *slot = known[owner].0;
+        }
+        entry
     }
 
     /// Every frontend in the datapath, sorted, with its slots resolved.
@@ -516,6 +603,7 @@ impl LbMaps {
                 Some(ServiceEntry {
                     frontend: *frontend,
                     flags: master.flags,
+                    maglev: master.flags & encode::FLAG_MAGLEV != 0,
                     affinity_timeout: (master.flags & encode::FLAG_AFFINITY != 0)
                         .then_some(master.backend_id),
                     slots: held

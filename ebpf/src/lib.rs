@@ -18,6 +18,7 @@ pub mod bpffs;
 mod encode;
 mod error;
 mod lb_maps;
+pub mod maglev;
 pub mod model;
 mod nodeport;
 mod skel;

@@ -730,7 +730,12 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
                             &std::net::SocketAddr::from(target),
                             Duration::from_secs(5),
                         )
-                        .expect("connect to the NodePort from outside");
+                        .unwrap_or_else(|e| {
+                            panic!(
+                                "connect to the NodePort from outside: {e}\n{}",
+                                cluster.agent_logs()
+                            )
+                        });
                         conn.set_read_timeout(Some(Duration::from_secs(5)))
                             .expect("timeout");
                         // The handshake completed with node:30080, so the
@@ -793,4 +798,65 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
         "{ct}"
     );
     assert!(entries.iter().any(|e| e["direction"] == "reply"), "{ct}");
+
+    // Maglev on request: a flow gets the same backend through every node.
+    cluster
+        .apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "hashed", "namespace": "default",
+                         "annotations": {"berth.dev/lb-algorithm": "maglev"}},
+            "spec": {"type": "NodePort", "ports": [
+                {"name": "udp", "port": 53, "targetPort": UDP_PORT, "protocol": "UDP", "nodePort": 30054},
+            ]},
+        }))
+        .expect("create the Maglev Service");
+    let addresses: Vec<Value> = backends
+        .iter()
+        .map(
+            |b| json!({"addresses": [b.ip.to_string()], "conditions": ready(), "nodeName": b.node}),
+        )
+        .collect();
+    cluster
+        .apply(&json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "hashed-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "hashed"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "udp", "port": UDP_PORT, "protocol": "UDP"}],
+            "endpoints": addresses,
+        }))
+        .expect("write its EndpointSlice");
+    for (i, node) in nodes.iter().enumerate() {
+        wait_programmed(&cluster, i, &format!("{}:30054/UDP", node.underlay_ip()), 3);
+    }
+    let explained = explain(&cluster, &format!("{}:30054/UDP", nodes[0].underlay_ip()));
+    assert!(explained.contains("Maglev"), "{explained}");
+    let mut chosen = BTreeMap::new();
+    for port in 41000..41012u16 {
+        let udp = underlay
+            .run(|| UdpSocket::bind((host, port)))
+            .expect("enter")
+            .expect("bind a fixed source port");
+        udp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let answers: Vec<String> = nodes
+            .iter()
+            .map(|node| {
+                udp.send_to(b"ping", (node.underlay_ip(), 30054))
+                    .expect("send");
+                let mut buf = [0u8; 64];
+                let (n, _) = udp.recv_from(&mut buf).expect("a UDP answer");
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            })
+            .collect();
+        assert!(
+            answers.iter().all(|a| *a == answers[0]),
+            "flow from port {port}: nodes chose {answers:?}"
+        );
+        chosen.insert(port, answers[0].clone());
+    }
+    let distinct: std::collections::BTreeSet<&String> = chosen.values().collect();
+    assert!(
+        distinct.len() >= 2,
+        "flows spread over backends: {chosen:?}"
+    );
 }

@@ -29,7 +29,14 @@ pub struct Want {
     pub backends: Vec<Backend>,
     /// `sessionAffinity: ClientIP`: the timeout in seconds.
     pub affinity: Option<u32>,
+    /// The Service asks for Maglev (annotation [`LB_ALGORITHM`] = `maglev`).
+    pub maglev: bool,
 }
+
+/// The Service annotation choosing how flows from outside the node pick a
+/// backend: `maglev` (consistent hashing, the same backend for a flow on
+/// every node) or `random` (the default).
+pub const LB_ALGORITHM: &str = "berth.dev/lb-algorithm";
 
 /// Every frontend with what it should hold.
 pub type Desired = BTreeMap<Frontend, Want>;
@@ -185,7 +192,17 @@ pub fn desired(services: &[&Service], slices: &[&EndpointSlice], node: &ThisNode
                 .and_then(|t| u32::try_from(t).ok())
                 .unwrap_or(DEFAULT_AFFINITY_SECONDS)
         });
-        let want = |backends: Vec<Backend>| Want { backends, affinity };
+        let maglev = service
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(LB_ALGORITHM))
+            .is_some_and(|v| v == "maglev");
+        let want = |backends: Vec<Backend>| Want {
+            backends,
+            affinity,
+            maglev,
+        };
         let external_ips: Vec<Ipv4Addr> = spec
             .external_ips
             .iter()

@@ -150,19 +150,28 @@ impl ServiceLb {
                 }
             }
         }
-        // Affinity is a property of the master entry: set where it differs
-        // on frontends that now exist.
+        // Affinity and Maglev are properties of the master entry: set where
+        // they differ on frontends that now exist.
         for (frontend, wanted) in &want {
-            let current = held.get(frontend).and_then(|e| e.affinity_timeout);
-            if current == wanted.affinity || refused.contains(frontend) {
+            if refused.contains(frontend) {
                 continue;
             }
-            match self.maps.set_affinity(frontend, wanted.affinity) {
-                Ok(true) => {
-                    written.insert(*frontend);
+            let current = held.get(frontend);
+            let affinity = current.and_then(|e| e.affinity_timeout);
+            let maglev = current.is_some_and(|e| e.maglev);
+            let outcomes = [
+                (affinity != wanted.affinity)
+                    .then(|| self.maps.set_affinity(frontend, wanted.affinity)),
+                (maglev != wanted.maglev).then(|| self.maps.set_maglev(frontend, wanted.maglev)),
+            ];
+            for outcome in outcomes.into_iter().flatten() {
+                match outcome {
+                    Ok(true) => {
+                        written.insert(*frontend);
+                    }
+                    Ok(false) => {}
+                    Err(e) => fail(&mut report, frontend, e),
                 }
-                Ok(false) => {}
-                Err(e) => fail(&mut report, frontend, e),
             }
         }
         report.changes += written.len();
@@ -384,6 +393,13 @@ pub fn explain(pin_dir: &Path, frontend: &Frontend) -> Result<String, berth_ebpf
         "{frontend}: each new socket (or unconnected UDP datagram) gets one of {n} backends at random, \
          each with probability 1/{n}; replies and getpeername() show {frontend} again.\n"
     );
+    if entry.maglev {
+        out += &format!(
+            "Maglev ({} entries): a flow from outside the node (client address and port) goes to the \
+             backend its hash selects, the same on every node; from inside, the socket hooks still pick at random.\n",
+            berth_ebpf::maglev::SIZE
+        );
+    }
     for slot in &entry.slots {
         let backend = slot
             .backend
@@ -439,6 +455,7 @@ mod tests {
         ServiceEntry {
             frontend: Frontend::new(Ipv4Addr::new(10, 96, 0, 1), 80, Protocol::Tcp),
             flags: 0,
+            maglev: false,
             affinity_timeout: None,
             slots: backends
                 .iter()

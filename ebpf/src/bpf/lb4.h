@@ -40,6 +40,7 @@ struct lb4_key {
 
 /* Master entry flags. */
 #define LB4_SVC_AFFINITY 0x1 /* sessionAffinity: ClientIP */
+#define LB4_SVC_MAGLEV   0x2 /* flows hashed onto lb4_maglev (tc path) */
 
 /* Master entry (slot 0) or one backend slot (slot > 0). */
 struct lb4_service {
@@ -70,6 +71,25 @@ struct {
 	__type(value, struct lb4_backend);
 	__uint(max_entries, 65536);
 } lb4_backends SEC(".maps");
+
+/*
+ * Maglev lookup table of a frontend (key: its master entry's key): entry
+ * i holds the backend id for flows hashing to i. The agent computes it
+ * from the backends' addresses alone, so every node holds the same table
+ * and sends a given flow to the same backend.
+ */
+#define LB4_MAGLEV_SIZE 1021
+
+struct lb4_maglev {
+	__u32 backend_ids[LB4_MAGLEV_SIZE];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__type(key, struct lb4_key);
+	__type(value, struct lb4_maglev);
+	__uint(max_entries, 1024);
+} lb4_maglev SEC(".maps");
 
 /*
  * Reverse translation for sockets: (socket cookie, backend address, port)
@@ -160,6 +180,31 @@ lb4_select_backend(const struct lb4_service *svc, __be32 address, __be16 port,
 		return NULL;
 	*id = slot->backend_id;
 	return bpf_map_lookup_elem(&lb4_backends, &slot->backend_id);
+}
+
+/*
+ * The backend of a Maglev frontend for a flow hashing to `hash`; its id
+ * goes to *id. NULL when the table or backend is missing.
+ */
+static __always_inline struct lb4_backend *
+lb4_maglev_backend(__be32 address, __be16 port, __u8 proto, __u32 hash, __u32 *id)
+{
+	struct lb4_key key = {
+		.address = address,
+		.dport = port,
+		.proto = proto,
+	};
+	struct lb4_maglev *table;
+	__u32 i = hash % LB4_MAGLEV_SIZE;
+
+	table = bpf_map_lookup_elem(&lb4_maglev, &key);
+	/* The verifier does not bound a remainder: keep clang from dropping
+	 * the (always true) check that gives it the bound. */
+	asm volatile("" : "+r"(i));
+	if (!table || i >= LB4_MAGLEV_SIZE)
+		return NULL;
+	*id = table->backend_ids[i];
+	return bpf_map_lookup_elem(&lb4_backends, id);
 }
 
 /*

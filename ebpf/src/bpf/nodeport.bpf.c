@@ -194,6 +194,25 @@ static __always_inline int forward(struct __sk_buff *skb, __be32 saddr, __be32 d
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+/*
+ * A flow's hash for Maglev: the client's address and port, the frontend
+ * port and the protocol, not the frontend address, so every node (each
+ * reached at its own address) hashes a flow alike.
+ */
+static __always_inline __u32 flow_hash(const struct lb4_ct_key *key)
+{
+	__u32 h = key->saddr;
+
+	h ^= ((__u32)key->sport << 16 | key->dport) * 0x9e3779b1;
+	h ^= key->proto;
+	h ^= h >> 16;
+	h *= 0x85ebca6b;
+	h ^= h >> 13;
+	h *= 0xc2b2ae35;
+	h ^= h >> 16;
+	return h;
+}
+
 /* A new connection to `svc`: choose a backend, a NAT port, remember both ways. */
 static __always_inline int ct_create(const struct lb4_ct_key *key,
 				     const struct lb4_service *svc,
@@ -206,7 +225,12 @@ static __always_inline int ct_create(const struct lb4_ct_key *key,
 	__u64 now = bpf_ktime_get_ns();
 	int i;
 
-	backend = lb4_select_backend(svc, key->daddr, key->dport, key->proto, &id);
+	if (svc->flags & LB4_SVC_MAGLEV)
+		backend = lb4_maglev_backend(key->daddr, key->dport, key->proto,
+					     flow_hash(key), &id);
+	else
+		backend = lb4_select_backend(svc, key->daddr, key->dport,
+					     key->proto, &id);
 	if (!backend)
 		return -1;
 	reply_key.saddr = backend->address;
