@@ -4,9 +4,18 @@
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// The label of a per-map metric.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabel {
+    /// The map's name, e.g. `lb4_services`.
+    pub map: String,
+}
 
 /// Counters and gauges of the agent.
 #[derive(Debug)]
@@ -42,6 +51,8 @@ pub struct Metrics {
     pub lb_frontends: Gauge,
     /// Backend slots programmed.
     pub lb_backends: Gauge,
+    /// Used fraction of each preallocated load-balancing map.
+    pub lb_map_fill: Family<MapLabel, Gauge<f64, AtomicU64>>,
     /// Duration of the last load-balancer pass.
     pub lb_sync_seconds: Gauge<f64, AtomicU64>,
 }
@@ -115,6 +126,12 @@ impl Default for Metrics {
         let lb_frontends = Gauge::default();
         let lb_backends = Gauge::default();
         let lb_sync_seconds = Gauge::<f64, AtomicU64>::default();
+        let lb_map_fill = Family::<MapLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "lb_map_fill_ratio",
+            "Used fraction of each preallocated load-balancing map (entries / capacity)",
+            lb_map_fill.clone(),
+        );
         registry.register(
             "lb_syncs",
             "Service load-balancer passes that completed",
@@ -154,6 +171,7 @@ impl Default for Metrics {
             lb_map_full,
             lb_frontends,
             lb_backends,
+            lb_map_fill,
             lb_sync_seconds,
             heartbeats,
             heartbeat_failures,

@@ -590,6 +590,32 @@ impl LbMaps {
         entry
     }
 
+    /// How full the preallocated maps are: (map, entries used, capacity).
+    pub fn fill(&self) -> Vec<(&'static str, u32, u32)> {
+        let maglev = self
+            .held
+            .values()
+            .filter(|h| h.master.is_some_and(|m| m.flags & encode::FLAG_MAGLEV != 0))
+            .count();
+        vec![
+            (
+                SERVICES_MAP,
+                self.service_count,
+                self.services.max_entries(),
+            ),
+            (
+                BACKENDS_MAP,
+                u32::try_from(self.refs.len()).unwrap_or(u32::MAX),
+                self.backends.max_entries(),
+            ),
+            (
+                MAGLEV_MAP,
+                u32::try_from(maglev).unwrap_or(u32::MAX),
+                self.maglev.max_entries(),
+            ),
+        ]
+    }
+
     /// Every frontend in the datapath, sorted, with its slots resolved.
     /// Read from the index, which mirrors the maps as they were when they
     /// were opened plus every write since: no system call, so a reconciler

@@ -830,6 +830,21 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
     }
     let explained = explain(&cluster, &format!("{}:30054/UDP", nodes[0].underlay_ip()));
     assert!(explained.contains("Maglev"), "{explained}");
+    // Operators see how full each preallocated map is.
+    let metrics = cluster.agent_metrics(0);
+    let fill = |map: &str| {
+        metrics
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("berth_agent_lb_map_fill_ratio{{map=\"{map}\"}} "))
+            })
+            .and_then(|v| v.trim().parse::<f64>().ok())
+    };
+    assert!(
+        fill("lb4_services").is_some_and(|f| f > 0.0 && f < 1.0),
+        "{metrics}"
+    );
+    assert!(fill("lb4_maglev").is_some_and(|f| f > 0.0), "{metrics}");
     let mut chosen = BTreeMap::new();
     for port in 41000..41012u16 {
         let udp = underlay

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use crate::caches::Cached;
-use crate::metrics::Metrics;
+use crate::metrics::{MapLabel, Metrics};
 use desired::ThisNode;
 
 /// What one pass did.
@@ -39,6 +39,8 @@ pub struct SyncReport {
     pub failures: Vec<String>,
     /// Of those, how many because a map was full.
     pub map_full: usize,
+    /// How full each preallocated map is: (map, entries, capacity).
+    pub fill: Vec<(&'static str, u32, u32)>,
 }
 
 /// The node's service load balancer.
@@ -175,6 +177,7 @@ impl ServiceLb {
             }
         }
         report.changes += written.len();
+        report.fill = self.maps.fill();
         report.frontends = want.len();
         report.backends = want.values().map(|w| w.backends.len()).sum();
         self.close_stale_udp(&have, &want);
@@ -254,6 +257,14 @@ impl ServiceLb {
                     metrics.lb_frontends.set(report.frontends as i64);
                     metrics.lb_backends.set(report.backends as i64);
                     metrics.lb_sync_seconds.set(started.elapsed().as_secs_f64());
+                    for (map, used, capacity) in &report.fill {
+                        metrics
+                            .lb_map_fill
+                            .get_or_create(&MapLabel {
+                                map: (*map).to_string(),
+                            })
+                            .set(f64::from(*used) / f64::from((*capacity).max(1)));
+                    }
                 }
                 Err(e) => {
                     metrics.lb_sync_failures.inc();
