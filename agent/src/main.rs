@@ -161,6 +161,10 @@ enum Lb {
     Explain {
         /// The frontend, `IP:PORT/PROTO` (e.g. 10.96.0.10:53/UDP).
         frontend: berth_ebpf::model::Frontend,
+        /// A client outside the node, `IP` or `IP:PORT`: what its flows get
+        /// at tc (the Maglev choice for a port, tracked connections).
+        #[arg(long)]
+        from: Option<berth_agent::services::Client>,
         /// bpffs directory of the node's maps.
         #[arg(long, default_value = "/sys/fs/bpf/berth")]
         pin_dir: PathBuf,
@@ -255,9 +259,14 @@ fn bpf(what: Bpf) -> anyhow::Result<()> {
             Ok(())
         }
         Bpf::Lb {
-            what: Lb::Explain { frontend, pin_dir },
+            what:
+                Lb::Explain {
+                    frontend,
+                    from,
+                    pin_dir,
+                },
         } => {
-            let text = berth_agent::services::explain(&pin_dir, &frontend)
+            let text = berth_agent::services::explain(&pin_dir, &frontend, from)
                 .with_context(|| format!("reading the maps pinned in {}", pin_dir.display()))?;
             print!("{text}");
             Ok(())

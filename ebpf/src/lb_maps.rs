@@ -2,6 +2,7 @@
 //! remove them, and read back what the datapath holds.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddrV4;
 use std::path::Path;
 
 use libbpf_rs::{ErrorKind, MapCore, MapFlags, MapHandle};
@@ -588,6 +589,29 @@ impl LbMaps {
             *slot = known[owner].0;
         }
         entry
+    }
+
+    /// The backend the tc path gives a new flow from `client` to a Maglev
+    /// `frontend`: (table entry, backend id, backend). `None` when the
+    /// frontend has no table.
+    pub fn maglev_choice(
+        &self,
+        frontend: &Frontend,
+        client: SocketAddrV4,
+    ) -> Result<Option<(usize, u32, Option<Backend>)>, Error> {
+        let key = encode::service_key(frontend, 0);
+        let Some(bytes) = self
+            .maglev
+            .lookup(bytes_of(&key), MapFlags::ANY)
+            .map_err(|e| Error::bpf(format!("read {MAGLEV_MAP}"), e))?
+        else {
+            return Ok(None);
+        };
+        let table: lb4_maglev = from_bytes(MAGLEV_MAP, &bytes)?;
+        let hash = maglev::flow_hash(client, frontend.addr.port(), frontend.proto.number());
+        let entry = hash as usize % maglev::SIZE;
+        let id = table.backend_ids[entry];
+        Ok(Some((entry, id, self.id_backends.get(&id).copied())))
     }
 
     /// How full the preallocated maps are: (map, entries used, capacity).

@@ -5,6 +5,8 @@
 //! address (FNV-1a, fixed seeds), and backends are taken in address order,
 //! so every node computes the same table from the same set.
 
+use std::net::SocketAddrV4;
+
 use crate::model::Backend;
 
 /// Entries of a table (prime; `LB4_MAGLEV_SIZE` in `bpf/lb4.h`).
@@ -49,6 +51,25 @@ pub fn table(backends: &[Backend]) -> Vec<usize> {
     entries
 }
 
+/// The hash the tc path gives a flow (`flow_hash` in
+/// `bpf/nodeport.bpf.c`, bit for bit): the client's address and port, the
+/// frontend port and the protocol number.
+pub fn flow_hash(client: SocketAddrV4, frontend_port: u16, proto: u8) -> u32 {
+    // The C code reads these fields in network order straight from memory.
+    let saddr = u32::from_ne_bytes(client.ip().octets());
+    let sport = u32::from(u16::from_ne_bytes(client.port().to_be_bytes()));
+    let dport = u32::from(u16::from_ne_bytes(frontend_port.to_be_bytes()));
+    let mut h = saddr;
+    h ^= (sport << 16 | dport).wrapping_mul(0x9e37_79b1);
+    h ^= u32::from(proto);
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^= h >> 16;
+    h
+}
+
 fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
     bytes.iter().fold(seed, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
@@ -57,7 +78,7 @@ fn fnv1a(bytes: &[u8], seed: u64) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::net::Ipv4Addr;
 
     use super::*;
     use crate::model::Protocol;

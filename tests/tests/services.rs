@@ -168,10 +168,11 @@ fn wait_programmed(cluster: &Cluster, i: usize, frontend: &str, backends: usize)
 }
 
 /// `berth-agent bpf lb explain FRONTEND` on node 0.
-fn explain(cluster: &Cluster, frontend: &str) -> String {
+fn explain(cluster: &Cluster, frontend: &str, extra: &[&str]) -> String {
     let pins = cluster.testbed().nodes()[0].pin_dir().display().to_string();
     let out = std::process::Command::new(workspace_bin("berth-agent"))
         .args(["bpf", "lb", "explain", frontend, "--pin-dir", &pins])
+        .args(extra)
         .output()
         .expect("bpf lb explain");
     assert!(
@@ -244,7 +245,7 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
         "getpeername shows the backend: {lines:?}"
     );
 
-    let explained = explain(&cluster, &tcp_frontend);
+    let explained = explain(&cluster, &tcp_frontend, &[]);
     assert!(
         explained.contains("one of 3 backends at random"),
         "{explained}"
@@ -390,9 +391,9 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
         table.contains(&tcp_frontend) && table.contains("refused"),
         "{table}"
     );
-    let explained = explain(&cluster, &tcp_frontend);
+    let explained = explain(&cluster, &tcp_frontend, &[]);
     assert!(explained.contains("refused at once"), "{explained}");
-    let explained = explain(&cluster, "192.0.2.1:80/TCP");
+    let explained = explain(&cluster, "192.0.2.1:80/TCP", &[]);
     assert!(explained.contains("not a service frontend"), "{explained}");
 }
 
@@ -828,7 +829,11 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
     for (i, node) in nodes.iter().enumerate() {
         wait_programmed(&cluster, i, &format!("{}:30054/UDP", node.underlay_ip()), 3);
     }
-    let explained = explain(&cluster, &format!("{}:30054/UDP", nodes[0].underlay_ip()));
+    let explained = explain(
+        &cluster,
+        &format!("{}:30054/UDP", nodes[0].underlay_ip()),
+        &[],
+    );
     assert!(explained.contains("Maglev"), "{explained}");
     // Operators see how full each preallocated map is.
     let metrics = cluster.agent_metrics(0);
@@ -866,6 +871,24 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
         assert!(
             answers.iter().all(|a| *a == answers[0]),
             "flow from port {port}: nodes chose {answers:?}"
+        );
+        // `explain --from` names the backend the flow got, from the same hash.
+        let frontend = format!("{}:30054/UDP", nodes[0].underlay_ip());
+        let from = format!("{host}:{port}");
+        let explained = explain(&cluster, &frontend, &["--from", &from]);
+        let got = backends
+            .iter()
+            .find(|b| b.name == answers[0])
+            .expect("a known backend");
+        assert!(
+            explained.contains(&format!("from {from}: a new flow hashes to Maglev entry"))
+                && explained.contains(&format!("{}:{UDP_PORT}/UDP (on every node)", got.ip)),
+            "{} answered; explain says:\n{explained}",
+            got.name
+        );
+        assert!(
+            explained.contains(&format!("tracked: {from} -> {}:{UDP_PORT}", got.ip)),
+            "{explained}"
         );
         chosen.insert(port, answers[0].clone());
     }

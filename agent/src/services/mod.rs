@@ -381,9 +381,38 @@ pub fn table(entries: &[ServiceEntry]) -> String {
     out
 }
 
-/// Which backend the datapath would pick for a connection to `frontend`,
-/// and why, as text for people.
-pub fn explain(pin_dir: &Path, frontend: &Frontend) -> Result<String, berth_ebpf::Error> {
+/// A client named on the command line: an address, with a port or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Client {
+    /// Its address.
+    pub ip: std::net::Ipv4Addr,
+    /// Its source port, if known.
+    pub port: Option<u16>,
+}
+
+impl std::str::FromStr for Client {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddrV4>() {
+            return Ok(Client {
+                ip: *addr.ip(),
+                port: Some(addr.port()),
+            });
+        }
+        s.parse()
+            .map(|ip| Client { ip, port: None })
+            .map_err(|_| format!("{s:?} is not an IPv4 address or IPv4:PORT"))
+    }
+}
+
+/// Which backend the datapath would pick for a connection to `frontend`
+/// (from `from`, outside the node, when given), and why, as text for people.
+pub fn explain(
+    pin_dir: &Path,
+    frontend: &Frontend,
+    from: Option<Client>,
+) -> Result<String, berth_ebpf::Error> {
     let maps = LbMaps::open_pinned(pin_dir)?;
     let Some(entry) = maps
         .services()?
@@ -420,6 +449,9 @@ pub fn explain(pin_dir: &Path, frontend: &Frontend) -> Result<String, berth_ebpf
             slot.slot, slot.backend_id
         );
     }
+    if let Some(client) = from {
+        out += &explain_from(pin_dir, &maps, &entry, client)?;
+    }
     if let Some(timeout) = entry.affinity_timeout {
         out += &format!(
             "sessionAffinity ClientIP ({timeout} s): a client (a pod: its network namespace) that connected \
@@ -439,6 +471,60 @@ pub fn explain(pin_dir: &Path, frontend: &Frontend) -> Result<String, berth_ebpf
                 .map_or_else(|| format!("(id {})", a.backend_id), |b| b.to_string());
             out += &format!("  client netns {:<20} -> {backend}\n", a.client);
         }
+    }
+    Ok(out)
+}
+
+/// What the tc path does with flows from `client` (outside the node).
+fn explain_from(
+    pin_dir: &Path,
+    maps: &LbMaps,
+    entry: &ServiceEntry,
+    client: Client,
+) -> Result<String, berth_ebpf::Error> {
+    let frontend = entry.frontend;
+    let mut out = String::new();
+    match (entry.maglev, client.port) {
+        (true, Some(port)) => {
+            let addr = SocketAddrV4::new(client.ip, port);
+            match maps.maglev_choice(&frontend, addr)? {
+                Some((index, id, backend)) => {
+                    let backend =
+                        backend.map_or_else(|| "(missing: dropped)".to_string(), |b| b.to_string());
+                    out += &format!(
+                        "from {addr}: a new flow hashes to Maglev entry {index}: backend id {id} {backend} (on every node)\n"
+                    );
+                }
+                None => out += &format!("from {addr}: no Maglev table yet: dropped\n"),
+            }
+        }
+        (true, None) => {
+            out += &format!(
+                "from {}: each flow goes where its hash (with its source port) points; give IP:PORT to see which\n",
+                client.ip
+            );
+        }
+        (false, _) => {
+            out += &format!(
+                "from {}: a new flow gets one of {} backends at random\n",
+                client.ip,
+                entry.slots.len()
+            );
+        }
+    }
+    // No connection table yet: the tc path has not run on this node.
+    let tracked = berth_ebpf::ct_entries(pin_dir).unwrap_or_default();
+    for ct in tracked.iter().filter(|c| {
+        c.direction == "original"
+            && *c.from.ip() == client.ip
+            && client.port.is_none_or(|p| c.from.port() == p)
+            && c.to == frontend.addr
+            && c.proto == frontend.proto
+    }) {
+        out += &format!(
+            "  tracked: {} -> {} (backend id {})\n",
+            ct.from, ct.new_to, ct.backend_id
+        );
     }
     Ok(out)
 }
