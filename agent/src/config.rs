@@ -70,6 +70,8 @@ pub struct MapSizesConfig {
     pub affinity: u32,
     /// `lb4_maglev`: one 4 KiB table per frontend using Maglev.
     pub maglev: u32,
+    /// `lb4_ct`: two per connection from outside the node (LRU).
+    pub ct: u32,
 }
 
 impl Default for MapSizesConfig {
@@ -81,6 +83,7 @@ impl Default for MapSizesConfig {
             reverse: d.reverse,
             affinity: d.affinity,
             maglev: d.maglev,
+            ct: d.ct,
         }
     }
 }
@@ -93,6 +96,7 @@ impl From<MapSizesConfig> for MapSizes {
             reverse: c.reverse,
             affinity: c.affinity,
             maglev: c.maglev,
+            ct: c.ct,
         }
     }
 }

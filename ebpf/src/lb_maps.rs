@@ -45,6 +45,8 @@ pub struct MapSizes {
     /// Entries of `lb4_maglev`: one lookup table (4 KiB) per frontend
     /// using Maglev.
     pub maglev: u32,
+    /// Entries of `lb4_ct` (LRU): two per connection translated at tc.
+    pub ct: u32,
 }
 
 impl Default for MapSizes {
@@ -55,6 +57,7 @@ impl Default for MapSizes {
             reverse: 262144,
             affinity: 65536,
             maglev: 1024,
+            ct: 262144,
         }
     }
 }

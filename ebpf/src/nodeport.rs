@@ -65,7 +65,7 @@ pub fn attach_nodeport(config: &NodePortConfig, devices: &NodePortDevices) -> Re
     bpffs::size_and_pin(
         &mut open.maps.lb4_ct,
         CT_MAP,
-        config.map_sizes.reverse,
+        config.map_sizes.ct,
         &config.pin_dir,
     )?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
