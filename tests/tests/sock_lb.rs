@@ -252,3 +252,69 @@ fn maps_keep_backend_ids_across_changes_and_reopens() {
     let left = ids(&maps);
     assert_eq!(left, vec![(api, vec![(web_ids[2], Some(backend(3)))])]);
 }
+
+#[test]
+fn a_maglev_table_follows_the_backends_and_moves_only_the_flows_of_one_that_leaves() {
+    require_root();
+    let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
+    let node = &testbed.nodes()[0];
+    let _lb = attach(node);
+    let backend = |last: u8| Backend {
+        addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080),
+        proto: Protocol::Udp,
+    };
+    let frontend = Frontend::new(VIP, 53, Protocol::Udp);
+    let mut maps = LbMaps::open_pinned(node.pin_dir()).expect("open");
+    let all: Vec<Backend> = (1..=4).map(backend).collect();
+    maps.upsert_service(&frontend, &all).expect("program");
+    assert!(maps.set_maglev(&frontend, true).expect("maglev on"));
+    assert!(
+        !maps.set_maglev(&frontend, true).expect("again"),
+        "no change the second time"
+    );
+    let clients: Vec<SocketAddrV4> = (0..200)
+        .map(|i| SocketAddrV4::new(Ipv4Addr::new(172, 30, 0, 254), 40_000 + i))
+        .collect();
+    let choose = |maps: &LbMaps| -> Vec<Backend> {
+        clients
+            .iter()
+            .map(|c| {
+                let (_, _, chosen) = maps
+                    .maglev_choice(&frontend, *c)
+                    .expect("read the table")
+                    .expect("a table");
+                chosen.expect("the entry names a live backend")
+            })
+            .collect()
+    };
+    let before = choose(&maps);
+    assert!(
+        all.iter().all(|b| before.contains(b)),
+        "every backend gets flows"
+    );
+
+    // Backend 4 leaves: its flows move, the others' (almost all) stay.
+    maps.upsert_service(&frontend, &all[..3]).expect("shrink");
+    let after = choose(&maps);
+    assert!(
+        after.iter().all(|b| *b != all[3]),
+        "no flow goes to the backend that left"
+    );
+    let moved = before
+        .iter()
+        .zip(&after)
+        .filter(|(was, now)| **was != all[3] && was != now)
+        .count();
+    assert!(
+        moved <= clients.len() / 20,
+        "{moved} flows of remaining backends moved"
+    );
+    assert!(maps.services().expect("list")[0].maglev);
+
+    // Off again: the table is gone.
+    assert!(maps.set_maglev(&frontend, false).expect("maglev off"));
+    assert!(maps
+        .maglev_choice(&frontend, clients[0])
+        .expect("read")
+        .is_none());
+}
