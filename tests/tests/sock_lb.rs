@@ -23,6 +23,14 @@ fn attach(node: &Node) -> SockLb {
     SockLb::attach(&config, node.cgroup().path()).expect("attach sock_lb")
 }
 
+/// Backend `10.244.0.<last>:8080`.
+fn pod_backend(last: u8, proto: Protocol) -> Backend {
+    Backend {
+        addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080),
+        proto,
+    }
+}
+
 /// A TCP server on the node's loopback that answers each connection with
 /// `greeting`; returns its address.
 fn serve(node: &Node, greeting: &'static str, connections: usize) -> SocketAddrV4 {
@@ -201,10 +209,7 @@ fn maps_keep_backend_ids_across_changes_and_reopens() {
     let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
     let node = &testbed.nodes()[0];
     let _lb = attach(node);
-    let backend = |last: u8| Backend {
-        addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080),
-        proto: Protocol::Tcp,
-    };
+    let backend = |last: u8| pod_backend(last, Protocol::Tcp);
     let web = Frontend::new(VIP, 80, Protocol::Tcp);
     let api = Frontend::new(Ipv4Addr::new(10, 96, 0, 11), 80, Protocol::Tcp);
 
@@ -259,10 +264,7 @@ fn a_maglev_table_follows_the_backends_and_moves_only_the_flows_of_one_that_leav
     let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
     let node = &testbed.nodes()[0];
     let _lb = attach(node);
-    let backend = |last: u8| Backend {
-        addr: SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, last), 8080),
-        proto: Protocol::Udp,
-    };
+    let backend = |last: u8| pod_backend(last, Protocol::Udp);
     let frontend = Frontend::new(VIP, 53, Protocol::Udp);
     let mut maps = LbMaps::open_pinned(node.pin_dir()).expect("open");
     let all: Vec<Backend> = (1..=4).map(backend).collect();
