@@ -1,7 +1,9 @@
 //! Typed access to the pinned load-balancing maps: program services,
 //! remove them, and read back what the datapath holds.
 
-use std::collections::{HashMap, HashSet};
+// foldhash: the index is hashed some 200 000 times per 10 000 services;
+// SipHash made planning a third of the programming time.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::net::SocketAddrV4;
 use std::path::Path;
 
