@@ -67,44 +67,36 @@ pub(crate) fn size_and_pin(
 macro_rules! pin_lb4_maps {
     ($maps:expr, $config:expr) => {{
         let sizes = &$config.map_sizes;
-        let dir = &$config.pin_dir;
-        $crate::bpffs::size_and_pin(
-            &mut $maps.lb4_services,
-            $crate::lb_maps::SERVICES_MAP,
-            sizes.services,
-            dir,
-        )
-        .and_then(|()| {
-            $crate::bpffs::size_and_pin(
+        [
+            (
+                &mut $maps.lb4_services,
+                $crate::lb_maps::SERVICES_MAP,
+                sizes.services,
+            ),
+            (
                 &mut $maps.lb4_backends,
                 $crate::lb_maps::BACKENDS_MAP,
                 sizes.backends,
-                dir,
-            )
-        })
-        .and_then(|()| {
-            $crate::bpffs::size_and_pin(
+            ),
+            (
                 &mut $maps.lb4_reverse_sk,
                 $crate::sock_lb::REVERSE_MAP,
                 sizes.reverse,
-                dir,
-            )
-        })
-        .and_then(|()| {
-            $crate::bpffs::size_and_pin(
+            ),
+            (
                 &mut $maps.lb4_affinity,
                 $crate::lb_maps::AFFINITY_MAP,
                 sizes.affinity,
-                dir,
-            )
-        })
-        .and_then(|()| {
-            $crate::bpffs::size_and_pin(
+            ),
+            (
                 &mut $maps.lb4_maglev,
                 $crate::lb_maps::MAGLEV_MAP,
                 sizes.maglev,
-                dir,
-            )
+            ),
+        ]
+        .into_iter()
+        .try_for_each(|(map, name, size)| {
+            $crate::bpffs::size_and_pin(map, name, size, &$config.pin_dir)
         })
     }};
 }
