@@ -60,8 +60,10 @@ pub struct ServicesConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct MapSizesConfig {
-    /// `lb4_services`: one per frontend plus one per backend slot.
+    /// `lb4_services`: one per frontend.
     pub services: u32,
+    /// `lb4_slots`: one per backend of each frontend.
+    pub slots: u32,
     /// `lb4_backends`: one per distinct backend.
     pub backends: u32,
     /// `lb4_reverse_sk`: one per socket and backend (LRU).
@@ -79,6 +81,7 @@ impl Default for MapSizesConfig {
         let d = MapSizes::default();
         MapSizesConfig {
             services: d.services,
+            slots: d.slots,
             backends: d.backends,
             reverse: d.reverse,
             affinity: d.affinity,
@@ -92,6 +95,7 @@ impl From<MapSizesConfig> for MapSizes {
     fn from(c: MapSizesConfig) -> Self {
         MapSizes {
             services: c.services,
+            slots: c.slots,
             backends: c.backends,
             reverse: c.reverse,
             affinity: c.affinity,

@@ -96,9 +96,12 @@ struct Cli {
     /// cgroup2 directory whose processes get service load balancing [default: the cgroup2 root].
     #[arg(long)]
     cgroup: Option<PathBuf>,
-    /// Entries of the services map (frontends + backend slots) [default: 65536].
+    /// Entries of the services map (one per frontend) [default: 65536].
     #[arg(long)]
     lb_services_map_size: Option<u32>,
+    /// Entries of the backend slots map (one per backend of each frontend) [default: 262144].
+    #[arg(long)]
+    lb_slots_map_size: Option<u32>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -224,6 +227,7 @@ impl Cli {
             &mut c.services.map_sizes.services,
             self.lb_services_map_size,
         );
+        set(&mut c.services.map_sizes.slots, self.lb_slots_map_size);
         c.validate()?;
         Ok(c)
     }

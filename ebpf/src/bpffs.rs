@@ -3,6 +3,7 @@
 use std::fs;
 use std::path::Path;
 
+use libbpf_rs::{MapCore, MapHandle};
 use nix::mount::{mount, MsFlags};
 use nix::sys::statfs::{statfs, BPF_FS_MAGIC};
 
@@ -47,17 +48,35 @@ pub fn create_pin_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// Sets an opened map's size and pins it at `<pin_dir>/<name>` (an
-/// existing pin of the same layout is reused by the load that follows).
+/// Sets an opened map's size and pins it at `<pin_dir>/<name>`. An
+/// existing pin of the same layout is reused by the load that follows; one
+/// of another type, key or value (left by an older Berth) is removed, so
+/// the map is created anew and whoever programs it writes it again.
 pub(crate) fn size_and_pin(
     map: &mut libbpf_rs::OpenMapMut<'_>,
     name: &str,
     size: u32,
     pin_dir: &Path,
 ) -> Result<(), Error> {
+    let path = pin_dir.join(name);
+    if path.exists() {
+        let pinned = MapHandle::from_pinned_path(&path)
+            .map_err(|e| Error::bpf(format!("open pinned map {}", path.display()), e))?;
+        let old = (pinned.map_type(), pinned.key_size(), pinned.value_size());
+        let new = (map.map_type(), map.key_size(), map.value_size());
+        if old != new {
+            tracing::warn!(
+                pin = %path.display(),
+                ?old,
+                ?new,
+                "pinned map has an older layout (type, key and value size): recreating it"
+            );
+            fs::remove_file(&path).map_err(|e| Error::io("remove pinned map", &path, e))?;
+        }
+    }
     map.set_max_entries(size)
         .map_err(|e| Error::bpf(format!("size {name}"), e))?;
-    map.set_pin_path(pin_dir.join(name))
+    map.set_pin_path(path)
         .map_err(|e| Error::bpf(format!("set pin path of {name}"), e))
 }
 
@@ -72,6 +91,11 @@ macro_rules! pin_lb4_maps {
                 &mut $maps.lb4_services,
                 $crate::lb_maps::SERVICES_MAP,
                 sizes.services,
+            ),
+            (
+                &mut $maps.lb4_slots,
+                $crate::lb_maps::SLOTS_MAP,
+                sizes.slots,
             ),
             (
                 &mut $maps.lb4_backends,

@@ -10,18 +10,20 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use crate::model::{Backend, Frontend, Protocol};
 use crate::skel::nodeport::types::{lb4_ct as ct_value, lb4_ct_key as ct_key};
 use crate::skel::types::{
-    lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_maglev, lb4_service,
+    lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_maglev, lb4_service, lb4_slot,
 };
 use crate::Error;
 
 // The C layouts, checked at compile time so a change to `lb4.h` that moves a
 // field cannot go unnoticed.
 const _: () = {
-    assert!(size_of::<lb4_key>() == 12);
+    assert!(size_of::<lb4_key>() == 8);
     assert!(std::mem::offset_of!(lb4_key, dport) == 4);
-    assert!(std::mem::offset_of!(lb4_key, backend_slot) == 6);
-    assert!(std::mem::offset_of!(lb4_key, proto) == 8);
-    assert!(size_of::<lb4_service>() == 8);
+    assert!(std::mem::offset_of!(lb4_key, proto) == 6);
+    assert!(size_of::<lb4_service>() == 16);
+    assert!(std::mem::offset_of!(lb4_service, count) == 8);
+    assert!(std::mem::offset_of!(lb4_service, flags) == 12);
+    assert!(size_of::<lb4_slot>() == 4);
     assert!(size_of::<lb4_backend>() == 8);
     assert!(size_of::<lb4_affinity_key>() == 16);
     assert!(std::mem::offset_of!(lb4_affinity_key, address) == 8);
@@ -36,6 +38,8 @@ unsafe impl plain::Plain for lb4_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for lb4_service {}
 // SAFETY: as above.
+unsafe impl plain::Plain for lb4_slot {}
+// SAFETY: as above.
 unsafe impl plain::Plain for lb4_backend {}
 // SAFETY: as above.
 unsafe impl plain::Plain for lb4_affinity_key {}
@@ -46,6 +50,7 @@ unsafe impl plain::Plain for lb4_affinity {}
 pub(crate) trait MapEntry: plain::Plain + Default + Copy {}
 impl MapEntry for lb4_key {}
 impl MapEntry for lb4_service {}
+impl MapEntry for lb4_slot {}
 impl MapEntry for lb4_backend {}
 impl MapEntry for lb4_affinity_key {}
 impl MapEntry for lb4_affinity {}
@@ -90,35 +95,22 @@ pub(crate) fn from_bytes<T: MapEntry>(map: &'static str, bytes: &[u8]) -> Result
     Ok(value)
 }
 
-/// The key of `frontend`'s slot `slot` (0 = master entry).
-pub(crate) fn service_key(frontend: &Frontend, slot: u16) -> lb4_key {
+/// The key of `frontend` in `lb4_services` and `lb4_maglev`.
+pub(crate) fn service_key(frontend: &Frontend) -> lb4_key {
     lb4_key {
         address: u32::from_ne_bytes(frontend.addr.ip().octets()),
         dport: frontend.addr.port().to_be(),
-        backend_slot: slot,
         proto: frontend.proto.number(),
-        pad: [0; 3],
+        pad: 0,
     }
 }
 
-/// The frontend and slot a key names; `None` for a protocol the datapath
-/// does not handle.
-pub(crate) fn key_frontend(key: &lb4_key) -> Option<(Frontend, u16)> {
+/// The frontend a key names; `None` for a protocol the datapath does not
+/// handle.
+pub(crate) fn key_frontend(key: &lb4_key) -> Option<Frontend> {
     let proto = Protocol::from_number(key.proto)?;
     let ip = Ipv4Addr::from(key.address.to_ne_bytes());
-    Some((
-        Frontend::new(ip, u16::from_be(key.dport), proto),
-        key.backend_slot,
-    ))
-}
-
-/// The master entry of a service with `count` backend slots.
-pub(crate) fn master_entry(count: u16, flags: u16, affinity_timeout: u32) -> lb4_service {
-    lb4_service {
-        backend_id: affinity_timeout,
-        count,
-        flags,
-    }
+    Some(Frontend::new(ip, u16::from_be(key.dport), proto))
 }
 
 /// Master entry flag: sessionAffinity ClientIP (`LB4_SVC_AFFINITY`).
@@ -138,12 +130,8 @@ pub(crate) fn affinity_frontend(key: &lb4_affinity_key) -> Option<Frontend> {
 }
 
 /// A backend slot entry pointing at `backend_id`.
-pub(crate) fn slot_entry(backend_id: u32) -> lb4_service {
-    lb4_service {
-        backend_id,
-        count: 0,
-        flags: 0,
-    }
+pub(crate) fn slot_entry(backend_id: u32) -> lb4_slot {
+    lb4_slot { backend_id }
 }
 
 /// The map entry of `backend`.
@@ -156,7 +144,8 @@ pub(crate) fn backend_entry(backend: &Backend) -> lb4_backend {
     }
 }
 
-/// The backend a map entry describes; `None` for an unknown protocol.
+/// The backend a map entry describes; `None` for an unknown protocol (an
+/// all-zero entry: no backend).
 pub(crate) fn entry_backend(entry: &lb4_backend) -> Option<Backend> {
     Some(Backend {
         addr: SocketAddrV4::new(
@@ -174,20 +163,19 @@ mod tests {
     #[test]
     fn keys_are_in_network_order() {
         let f = Frontend::new(Ipv4Addr::new(10, 96, 0, 1), 443, Protocol::Tcp);
-        let key = service_key(&f, 3);
+        let key = service_key(&f);
         let bytes = bytes_of(&key);
         assert_eq!(&bytes[0..4], &[10, 96, 0, 1]);
         assert_eq!(&bytes[4..6], &443u16.to_be_bytes());
-        assert_eq!(&bytes[6..8], &3u16.to_ne_bytes());
-        assert_eq!(bytes[8], 6);
-        assert_eq!(&bytes[9..12], &[0, 0, 0]);
+        assert_eq!(bytes[6], 6);
+        assert_eq!(bytes[7], 0);
     }
 
     #[test]
     fn keys_and_backends_round_trip() {
         let f = Frontend::new(Ipv4Addr::new(10, 96, 0, 10), 53, Protocol::Udp);
-        let key: lb4_key = from_bytes("lb4_services", bytes_of(&service_key(&f, 2))).unwrap();
-        assert_eq!(key_frontend(&key), Some((f, 2)));
+        let key: lb4_key = from_bytes("lb4_services", bytes_of(&service_key(&f))).unwrap();
+        assert_eq!(key_frontend(&key), Some(f));
 
         let b = Backend {
             addr: "10.244.1.7:5353".parse().unwrap(),
@@ -195,11 +183,12 @@ mod tests {
         };
         let entry: lb4_backend = from_bytes("lb4_backends", bytes_of(&backend_entry(&b))).unwrap();
         assert_eq!(entry_backend(&entry), Some(b));
+        assert_eq!(entry_backend(&lb4_backend::default()), None);
     }
 
     #[test]
     fn wrong_sizes_are_reported() {
         let err = from_bytes::<lb4_key>("lb4_services", &[0; 11]).unwrap_err();
-        assert!(err.to_string().contains("11 bytes, expected 12"), "{err}");
+        assert!(err.to_string().contains("11 bytes, expected 8"), "{err}");
     }
 }

@@ -56,9 +56,16 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
-    /// Every backend id is in use.
-    #[error("no free backend id left in lb4_backends")]
-    BackendIdsExhausted,
+    /// Reading a whole array map returned fewer entries than it has.
+    #[error("map {map}: read {read} of its {expected} entries")]
+    ShortRead {
+        /// The map's name.
+        map: &'static str,
+        /// Entries read.
+        read: usize,
+        /// Entries the map has.
+        expected: usize,
+    },
 }
 
 impl Error {

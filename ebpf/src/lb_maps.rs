@@ -14,12 +14,15 @@ use crate::encode::{self, bytes_of, from_bytes};
 use crate::maglev;
 use crate::model::{Backend, Frontend};
 use crate::skel::types::{
-    lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_maglev, lb4_service,
+    lb4_affinity, lb4_affinity_key, lb4_backend, lb4_key, lb4_maglev, lb4_service, lb4_slot,
 };
+use crate::slot_ranges::SlotRanges;
 use crate::Error;
 
 /// File name of the services map under a pin directory.
 pub(crate) const SERVICES_MAP: &str = "lb4_services";
+/// File name of the backend slots map under a pin directory.
+pub(crate) const SLOTS_MAP: &str = "lb4_slots";
 /// File name of the backends map under a pin directory.
 pub(crate) const BACKENDS_MAP: &str = "lb4_backends";
 /// File name of the session-affinity map under a pin directory.
@@ -27,16 +30,18 @@ pub(crate) const AFFINITY_MAP: &str = "lb4_affinity";
 /// File name of the Maglev tables map under a pin directory.
 pub(crate) const MAGLEV_MAP: &str = "lb4_maglev";
 
-/// Most backends one frontend can have (slots are 16-bit, slot 0 is the
-/// master entry).
+/// Most backends one frontend can have (slot counts are 16-bit).
 const MAX_BACKENDS: usize = u16::MAX as usize;
 
 /// Sizes of the load-balancing maps, set when they are first created.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MapSizes {
-    /// Entries of `lb4_services`: one per frontend plus one per backend slot.
+    /// Entries of `lb4_services`: one per frontend.
     pub services: u32,
-    /// Entries of `lb4_backends`: one per distinct backend.
+    /// Entries of `lb4_slots`: one per backend of each frontend.
+    pub slots: u32,
+    /// Entries of `lb4_backends`: one per distinct backend, plus id 0
+    /// (never used).
     pub backends: u32,
     /// Entries of `lb4_reverse_sk` (LRU): one per socket and backend it
     /// talked to through a frontend.
@@ -55,6 +60,7 @@ impl Default for MapSizes {
     fn default() -> Self {
         MapSizes {
             services: 65536,
+            slots: 262144,
             backends: 65536,
             reverse: 262144,
             affinity: 65536,
@@ -80,27 +86,29 @@ pub struct ServiceEntry {
     pub slots: Vec<SlotEntry>,
 }
 
-/// The mirror of one frontend's entries in the services map.
-#[derive(Debug, Clone, Default)]
+/// What the maps hold for one frontend: its master entry and the backend
+/// id in each of its slots (slot 1 first).
+#[derive(Debug, Clone)]
 struct Held {
-    master: Option<lb4_service>,
-    /// Backend id per slot (slot 1 first); `None` where a slot is missing.
-    ids: Vec<Option<u32>>,
+    master: lb4_service,
+    ids: Vec<u32>,
 }
 
 /// Writes planned for the kernel, applied in this order: new backends,
-/// slots, master entries, deletions of surplus slots, then backends no
-/// slot points at.
+/// slots, master entries, Maglev tables, removed master entries, then
+/// backends no slot points at; slot ranges given up are free for the next
+/// plan only.
 #[derive(Debug, Default)]
 struct Writes {
     backend_keys: Vec<u32>,
     backend_values: Vec<lb4_backend>,
-    slot_keys: Vec<lb4_key>,
-    slot_values: Vec<lb4_service>,
+    slot_keys: Vec<u32>,
+    slot_values: Vec<lb4_slot>,
     master_keys: Vec<lb4_key>,
     master_values: Vec<lb4_service>,
     deletes: Vec<lb4_key>,
     released: Vec<u32>,
+    freed: Vec<(u32, u32)>,
     affinity_checks: Vec<Frontend>,
     maglev: Vec<(lb4_key, Box<lb4_maglev>)>,
 }
@@ -135,12 +143,14 @@ pub struct SlotEntry {
 /// The load-balancing maps of one node, opened from their pins.
 ///
 /// Backend ids are shared between frontends: a backend used by several
-/// services has one entry, released when the last service drops it. The id
-/// index is rebuilt from the maps when they are opened, so ids survive a
-/// restart of whoever programs them.
+/// services has one entry, released when the last service drops it. Each
+/// frontend owns a range of `lb4_slots`. The index is rebuilt from the maps
+/// when they are opened, so ids and slots survive a restart of whoever
+/// programs them.
 #[derive(Debug)]
 pub struct LbMaps {
     services: MapHandle,
+    slots: MapHandle,
     backends: MapHandle,
     affinity: MapHandle,
     maglev: MapHandle,
@@ -150,27 +160,29 @@ pub struct LbMaps {
     id_backends: HashMap<u32, Backend>,
     /// Backend id -> number of slots pointing at it.
     refs: HashMap<u32, u32>,
-    /// What the services map holds per frontend: master entry and slot ids
-    /// (a mirror, so writes need no lookups).
+    /// What the maps hold per frontend (a mirror, so writes need no
+    /// lookups).
     held: HashMap<Frontend, Held>,
+    /// Ranges of `lb4_slots` no frontend owns.
+    ranges: SlotRanges,
     /// Where the search for a free backend id starts.
     next_id: u32,
-    /// Entries in `lb4_services` (masters and slots), to refuse a write
-    /// that would not fit before any of it is made.
-    service_count: u32,
 }
 
 impl LbMaps {
     /// Opens the maps pinned under `pin_dir` (as [`crate::SockLb`] pins
-    /// them) and indexes the backends they hold.
+    /// them) and indexes the backends and slots they hold.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, Error> {
         let open = |name: &str| {
             let path = pin_dir.join(name);
             MapHandle::from_pinned_path(&path)
                 .map_err(|e| Error::bpf(format!("open pinned map {}", path.display()), e))
         };
+        let slots = open(SLOTS_MAP)?;
         let mut maps = LbMaps {
             services: open(SERVICES_MAP)?,
+            ranges: SlotRanges::new(slots.max_entries()),
+            slots,
             backends: open(BACKENDS_MAP)?,
             affinity: open(AFFINITY_MAP)?,
             maglev: open(MAGLEV_MAP)?,
@@ -179,57 +191,64 @@ impl LbMaps {
             refs: HashMap::new(),
             held: HashMap::new(),
             next_id: 1,
-            service_count: 0,
         };
         maps.reindex()?;
         Ok(maps)
     }
 
-    /// Rebuilds the backend index, reference counts and the mirror of the
-    /// services map from the maps.
+    /// Rebuilds the backend index, reference counts, slot ranges and the
+    /// mirror of the services map from the maps.
     fn reindex(&mut self) -> Result<(), Error> {
         self.backend_ids.clear();
         self.id_backends.clear();
         self.refs.clear();
         self.held.clear();
-        for (id, entry) in self.backend_entries()? {
-            if let Some(backend) = encode::entry_backend(&entry) {
+        self.ranges = SlotRanges::new(self.slots.max_entries());
+        for (id, entry) in array_values::<lb4_backend>(&self.backends, BACKENDS_MAP)?
+            .iter()
+            .enumerate()
+        {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            if let (true, Some(backend)) = (id != 0, encode::entry_backend(entry)) {
                 self.backend_ids.insert(backend, id);
                 self.id_backends.insert(id, backend);
+                self.refs.insert(id, 0);
             }
-            self.refs.insert(id, 0);
         }
-        let services = self.service_entries()?;
-        self.service_count = u32::try_from(services.len()).unwrap_or(u32::MAX);
-        let mut slots = Vec::new();
-        for (key, value) in services {
-            let Some((frontend, slot)) = encode::key_frontend(&key) else {
+        let slots = array_values::<lb4_slot>(&self.slots, SLOTS_MAP)?;
+        for (key, mut master) in entries::<lb4_key, lb4_service>(&self.services, SERVICES_MAP)? {
+            let Some(frontend) = encode::key_frontend(&key) else {
                 continue;
             };
-            if slot == 0 {
-                self.held.entry(frontend).or_default().master = Some(value);
+            let base = master.slot_base as usize;
+            let owned = master.count <= master.capacity
+                && self
+                    .ranges
+                    .reserve(master.slot_base, u32::from(master.capacity));
+            let ids: Vec<u32> = if owned {
+                slots[base..base + usize::from(master.count)]
+                    .iter()
+                    .map(|s| s.backend_id)
+                    .collect()
             } else {
-                *self.refs.entry(value.backend_id).or_insert(0) += 1;
-                slots.push((frontend, slot, value.backend_id));
+                // Not from a writer of this layout: the next write of this
+                // frontend gives it a range of its own.
+                tracing::warn!(%frontend, "slot range overlaps another or lies outside lb4_slots");
+                master.capacity = 0;
+                master.count = 0;
+                Vec::new()
+            };
+            for id in &ids {
+                *self.refs.entry(*id).or_insert(0) += 1;
             }
-        }
-        for (frontend, slot, id) in slots {
-            let held = self.held.entry(frontend).or_default();
-            let index = usize::from(slot) - 1;
-            if held.ids.len() <= index {
-                held.ids.resize(index + 1, None);
-            }
-            held.ids[index] = Some(id);
-        }
-        for held in self.held.values_mut() {
-            let count = held.master.map_or(0, |m| usize::from(m.count));
-            held.ids.resize(count, None);
+            self.held.insert(frontend, Held { master, ids });
         }
         self.next_id = self
             .refs
             .keys()
             .max()
-            .map_or(1, |max| max.wrapping_add(1).max(1));
+            .map_or(1, |max| max.wrapping_add(1))
+            .clamp(1, self.backends.max_entries().saturating_sub(1).max(1));
         Ok(())
     }
 
@@ -239,7 +258,7 @@ impl LbMaps {
     /// the maps is refused whole ([`Error::MapFull`]) before any write.
     ///
     /// Order keeps the datapath consistent at every step: backends first,
-    /// then slots, then the master entry's count, then surplus slots.
+    /// then slots, then the master entry.
     pub fn upsert_service(
         &mut self,
         frontend: &Frontend,
@@ -251,7 +270,7 @@ impl LbMaps {
 
     /// [`LbMaps::upsert_service`] for many frontends at once, with one
     /// batch write per map for all of them (how 10 000 services are
-    /// programmed in a fraction of a second). Returns each frontend's
+    /// programmed in a few tens of milliseconds). Returns each frontend's
     /// outcome; a frontend that does not fit is refused whole and the
     /// others are still written. `Err` when a write to the kernel failed
     /// (the maps are then re-read).
@@ -282,7 +301,7 @@ impl LbMaps {
             let kept: HashSet<u32> = self
                 .held
                 .get(frontend)
-                .map(|h| h.ids.iter().flatten().copied().collect())
+                .map(|h| h.ids.iter().copied().collect())
                 .unwrap_or_default();
             self.forget_affinity(frontend, |id| !kept.contains(&id))?;
         }
@@ -310,11 +329,8 @@ impl LbMaps {
                 max: MAX_BACKENDS,
             });
         }
-        let old = self.held.get(frontend).cloned().unwrap_or_default();
-        let added = u32::from(old.master.is_none())
-            + u32::try_from(wanted.len().saturating_sub(old.ids.len())).unwrap_or(u32::MAX);
-        let removed = u32::try_from(old.ids.len().saturating_sub(wanted.len())).unwrap_or(0);
-        if self.service_count.saturating_add(added) > self.services.max_entries() {
+        let old = self.held.get(frontend);
+        if old.is_none() && self.held.len() >= self.services.max_entries() as usize {
             return Err(Error::MapFull {
                 map: SERVICES_MAP,
                 max_entries: self.services.max_entries(),
@@ -324,12 +340,31 @@ impl LbMaps {
             .iter()
             .filter(|b| !self.backend_ids.contains_key(b))
             .count();
-        if self.refs.len() + new_backends > self.backends.max_entries() as usize {
+        if self.refs.len() + new_backends > self.backend_capacity() as usize {
             return Err(Error::MapFull {
                 map: BACKENDS_MAP,
                 max_entries: self.backends.max_entries(),
             });
         }
+        // Grow into a new range when the old one is too small; shrink in
+        // place.
+        let count = u16::try_from(wanted.len()).unwrap_or(u16::MAX);
+        let (old_master, old_ids) = match old {
+            Some(h) => (Some(h.master), h.ids.clone()),
+            None => (None, Vec::new()),
+        };
+        let (base, capacity, moved) = match old_master {
+            Some(m) if count <= m.capacity => (m.slot_base, m.capacity, false),
+            _ => {
+                let Some(base) = self.ranges.allocate(u32::from(count)) else {
+                    return Err(Error::MapFull {
+                        map: SLOTS_MAP,
+                        max_entries: self.slots.max_entries(),
+                    });
+                };
+                (base, count, true)
+            }
+        };
 
         let mut new_ids = Vec::with_capacity(wanted.len());
         for backend in &wanted {
@@ -348,28 +383,30 @@ impl LbMaps {
             *self.refs.entry(id).or_insert(0) += 1;
             new_ids.push(id);
         }
-        for (i, id) in new_ids.iter().enumerate() {
-            if old.ids.get(i) != Some(&Some(*id)) {
-                writes
-                    .slot_keys
-                    .push(encode::service_key(frontend, slot_number(i)));
+        for (i, id) in (0u32..).zip(&new_ids) {
+            if moved || old_ids.get(i as usize) != Some(id) {
+                writes.slot_keys.push(base + i);
                 writes.slot_values.push(encode::slot_entry(*id));
             }
         }
-        let count = u16::try_from(new_ids.len()).unwrap_or(u16::MAX);
-        let flags = old.master.map_or(0, |m| m.flags);
-        let timeout = old.master.map_or(0, |m| m.backend_id);
-        let master = encode::master_entry(count, flags, timeout);
-        if old.master.map(|m| m.count) != Some(count) {
-            writes.master_keys.push(encode::service_key(frontend, 0));
+        let flags = old_master.map_or(0, |m| m.flags);
+        let master = lb4_service {
+            slot_base: base,
+            affinity_timeout: old_master.map_or(0, |m| m.affinity_timeout),
+            count,
+            capacity,
+            flags,
+            pad: 0,
+        };
+        if old_master.is_none_or(|m| (m.slot_base, m.count, m.capacity) != (base, count, capacity))
+        {
+            writes.master_keys.push(encode::service_key(frontend));
             writes.master_values.push(master);
         }
-        for i in new_ids.len()..old.ids.len() {
-            writes
-                .deletes
-                .push(encode::service_key(frontend, slot_number(i)));
+        if let (true, Some(m)) = (moved, old_master) {
+            writes.freed.push((m.slot_base, u32::from(m.capacity)));
         }
-        self.drop_refs(&old.ids, &mut writes.released);
+        self.drop_refs(&old_ids, &mut writes.released);
         // Clients pinned to a backend this frontend no longer has start
         // over (only a frontend with affinity can have pinned clients).
         if flags & encode::FLAG_AFFINITY != 0 {
@@ -377,26 +414,21 @@ impl LbMaps {
         }
         if flags & encode::FLAG_MAGLEV != 0 {
             let table = self.maglev_entry(&new_ids);
-            writes
-                .maglev
-                .push((encode::service_key(frontend, 0), table));
+            writes.maglev.push((encode::service_key(frontend), table));
         }
-        self.service_count = self
-            .service_count
-            .saturating_add(added)
-            .saturating_sub(removed);
         self.held.insert(
             *frontend,
             Held {
-                master: Some(master),
-                ids: new_ids.into_iter().map(Some).collect(),
+                master,
+                ids: new_ids,
             },
         );
         Ok(())
     }
 
-    /// Makes `writes` in the kernel, in the consistent order, and deletes
-    /// backends no slot points at any more.
+    /// Makes `writes` in the kernel, in the consistent order, clears
+    /// backends no slot points at any more, and frees the slot ranges
+    /// given up.
     fn apply(&mut self, writes: &Writes) -> Result<(), Error> {
         update_batch(
             &self.backends,
@@ -405,8 +437,8 @@ impl LbMaps {
             &writes.backend_values,
         )?;
         update_batch(
-            &self.services,
-            SERVICES_MAP,
+            &self.slots,
+            SLOTS_MAP,
             &writes.slot_keys,
             &writes.slot_values,
         )?;
@@ -422,16 +454,22 @@ impl LbMaps {
                 .map_err(|e| Error::bpf(format!("update {MAGLEV_MAP}"), e))?;
         }
         for key in &writes.deletes {
-            self.delete_service_key(key)?;
+            delete_key(&self.services, SERVICES_MAP, bytes_of(key))?;
         }
+        let mut unused = Vec::new();
         for id in &writes.released {
             if self.refs.get(id) == Some(&0) {
                 self.refs.remove(id);
                 if let Some(backend) = self.id_backends.remove(id) {
                     self.backend_ids.remove(&backend);
                 }
-                delete_key(&self.backends, BACKENDS_MAP, bytes_of(id))?;
+                unused.push(*id);
             }
+        }
+        let empty = vec![lb4_backend::default(); unused.len()];
+        update_batch(&self.backends, BACKENDS_MAP, &unused, &empty)?;
+        for (base, capacity) in &writes.freed {
+            self.ranges.release(*base, *capacity);
         }
         Ok(())
     }
@@ -444,7 +482,7 @@ impl LbMaps {
         frontend: &Frontend,
         timeout: Option<u32>,
     ) -> Result<bool, Error> {
-        let Some(master) = self.held.get(frontend).and_then(|h| h.master) else {
+        let Some(master) = self.held.get(frontend).map(|h| h.master) else {
             return Err(Error::NoSuchFrontend(frontend.to_string()));
         };
         let flags = match timeout {
@@ -452,14 +490,15 @@ impl LbMaps {
             None => master.flags & !encode::FLAG_AFFINITY,
         };
         let seconds = timeout.unwrap_or(0);
-        if flags == master.flags && seconds == master.backend_id {
+        if flags == master.flags && seconds == master.affinity_timeout {
             return Ok(false);
         }
-        let entry = encode::master_entry(master.count, flags, seconds);
-        self.put_service(&encode::service_key(frontend, 0), &entry)?;
-        if let Some(held) = self.held.get_mut(frontend) {
-            held.master = Some(entry);
-        }
+        let entry = lb4_service {
+            flags,
+            affinity_timeout: seconds,
+            ..master
+        };
+        self.put_master(frontend, entry)?;
         if timeout.is_none() {
             self.forget_affinity(frontend, |_| true)?;
         }
@@ -470,7 +509,6 @@ impl LbMaps {
     /// backend id, nanoseconds of the last use on the kernel's monotonic
     /// clock).
     pub fn affinities(&self) -> Result<Vec<AffinityEntry>, Error> {
-        let backends: HashMap<u32, lb4_backend> = self.backend_entries()?.into_iter().collect();
         let mut out: Vec<AffinityEntry> =
             entries::<lb4_affinity_key, lb4_affinity>(&self.affinity, AFFINITY_MAP)?
                 .into_iter()
@@ -479,9 +517,7 @@ impl LbMaps {
                         client: key.client,
                         frontend: encode::affinity_frontend(&key)?,
                         backend_id: value.backend_id,
-                        backend: backends
-                            .get(&value.backend_id)
-                            .and_then(encode::entry_backend),
+                        backend: self.id_backends.get(&value.backend_id).copied(),
                         last_used_ns: value.last_used_ns,
                     })
                 })
@@ -513,33 +549,23 @@ impl LbMaps {
             return Ok(false);
         };
         let mut writes = Writes::default();
-        writes.deletes.push(encode::service_key(frontend, 0));
-        for i in 0..held.ids.len() {
-            writes
-                .deletes
-                .push(encode::service_key(frontend, slot_number(i)));
-        }
+        writes.deletes.push(encode::service_key(frontend));
+        writes
+            .freed
+            .push((held.master.slot_base, u32::from(held.master.capacity)));
         self.drop_refs(&held.ids, &mut writes.released);
-        let removed = u32::try_from(held.ids.len() + 1).unwrap_or(u32::MAX);
-        self.service_count = self.service_count.saturating_sub(removed);
         if let Err(e) = self.apply(&writes) {
             self.reindex()?;
             return Err(e);
         }
-        if held
-            .master
-            .is_some_and(|m| m.flags & encode::FLAG_AFFINITY != 0)
-        {
+        if held.master.flags & encode::FLAG_AFFINITY != 0 {
             self.forget_affinity(frontend, |_| true)?;
         }
-        if held
-            .master
-            .is_some_and(|m| m.flags & encode::FLAG_MAGLEV != 0)
-        {
+        if held.master.flags & encode::FLAG_MAGLEV != 0 {
             delete_key(
                 &self.maglev,
                 MAGLEV_MAP,
-                bytes_of(&encode::service_key(frontend, 0)),
+                bytes_of(&encode::service_key(frontend)),
             )?;
         }
         Ok(true)
@@ -549,12 +575,10 @@ impl LbMaps {
     /// current backends; rewritten whenever they change) or off. The
     /// frontend must exist. Returns whether anything changed.
     pub fn set_maglev(&mut self, frontend: &Frontend, on: bool) -> Result<bool, Error> {
-        let Some(held) = self.held.get(frontend).cloned() else {
+        let Some(held) = self.held.get(frontend) else {
             return Err(Error::NoSuchFrontend(frontend.to_string()));
         };
-        let Some(master) = held.master else {
-            return Err(Error::NoSuchFrontend(frontend.to_string()));
-        };
+        let master = held.master;
         let flags = if on {
             master.flags | encode::FLAG_MAGLEV
         } else {
@@ -563,21 +587,16 @@ impl LbMaps {
         if flags == master.flags {
             return Ok(false);
         }
-        let key = encode::service_key(frontend, 0);
+        let key = encode::service_key(frontend);
         if on {
-            let ids: Vec<u32> = held.ids.iter().flatten().copied().collect();
-            let table = self.maglev_entry(&ids);
+            let table = self.maglev_entry(&held.ids);
             self.maglev
                 .update(bytes_of(&key), bytes_of(table.as_ref()), MapFlags::ANY)
                 .map_err(|e| Error::bpf(format!("update {MAGLEV_MAP}"), e))?;
         }
-        let entry = encode::master_entry(master.count, flags, master.backend_id);
-        self.put_service(&key, &entry)?;
+        self.put_master(frontend, lb4_service { flags, ..master })?;
         if !on {
             delete_key(&self.maglev, MAGLEV_MAP, bytes_of(&key))?;
-        }
-        if let Some(held) = self.held.get_mut(frontend) {
-            held.master = Some(entry);
         }
         Ok(true)
     }
@@ -604,7 +623,7 @@ impl LbMaps {
         frontend: &Frontend,
         client: SocketAddrV4,
     ) -> Result<Option<(usize, u32, Option<Backend>)>, Error> {
-        let key = encode::service_key(frontend, 0);
+        let key = encode::service_key(frontend);
         let Some(bytes) = self
             .maglev
             .lookup(bytes_of(&key), MapFlags::ANY)
@@ -621,27 +640,25 @@ impl LbMaps {
 
     /// How full the preallocated maps are: (map, entries used, capacity).
     pub fn fill(&self) -> Vec<(&'static str, u32, u32)> {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let maglev = self
             .held
             .values()
-            .filter(|h| h.master.is_some_and(|m| m.flags & encode::FLAG_MAGLEV != 0))
+            .filter(|h| h.master.flags & encode::FLAG_MAGLEV != 0)
             .count();
         vec![
             (
                 SERVICES_MAP,
-                self.service_count,
+                count(self.held.len()),
                 self.services.max_entries(),
             ),
+            (SLOTS_MAP, self.ranges.used(), self.slots.max_entries()),
             (
                 BACKENDS_MAP,
-                u32::try_from(self.refs.len()).unwrap_or(u32::MAX),
-                self.backends.max_entries(),
+                count(self.refs.len()),
+                self.backend_capacity(),
             ),
-            (
-                MAGLEV_MAP,
-                u32::try_from(maglev).unwrap_or(u32::MAX),
-                self.maglev.max_entries(),
-            ),
+            (MAGLEV_MAP, count(maglev), self.maglev.max_entries()),
         ]
     }
 
@@ -653,38 +670,37 @@ impl LbMaps {
         let mut entries: Vec<ServiceEntry> = self
             .held
             .iter()
-            .filter_map(|(frontend, held)| {
-                let master = held.master?;
-                Some(ServiceEntry {
-                    frontend: *frontend,
-                    flags: master.flags,
-                    maglev: master.flags & encode::FLAG_MAGLEV != 0,
-                    affinity_timeout: (master.flags & encode::FLAG_AFFINITY != 0)
-                        .then_some(master.backend_id),
-                    slots: held
-                        .ids
-                        .iter()
-                        .enumerate()
-                        .filter_map(|(i, id)| {
-                            let id = (*id)?;
-                            Some(SlotEntry {
-                                slot: slot_number(i),
-                                backend_id: id,
-                                backend: self.id_backends.get(&id).copied(),
-                            })
-                        })
-                        .collect(),
-                })
+            .map(|(frontend, held)| ServiceEntry {
+                frontend: *frontend,
+                flags: held.master.flags,
+                maglev: held.master.flags & encode::FLAG_MAGLEV != 0,
+                affinity_timeout: (held.master.flags & encode::FLAG_AFFINITY != 0)
+                    .then_some(held.master.affinity_timeout),
+                slots: held
+                    .ids
+                    .iter()
+                    .enumerate()
+                    .map(|(i, id)| SlotEntry {
+                        slot: slot_number(i),
+                        backend_id: *id,
+                        backend: self.id_backends.get(id).copied(),
+                    })
+                    .collect(),
             })
             .collect();
         entries.sort_by_key(|e| e.frontend);
         Ok(entries)
     }
 
+    /// Backend ids that can be used: every index of `lb4_backends` but 0.
+    fn backend_capacity(&self) -> u32 {
+        self.backends.max_entries().saturating_sub(1)
+    }
+
     /// Drops one reference for each slot id; the ids go to `released` so
-    /// that backends left unused are deleted after the slots.
-    fn drop_refs(&mut self, ids: &[Option<u32>], released: &mut Vec<u32>) {
-        for id in ids.iter().flatten() {
+    /// that backends left unused are cleared after the slots.
+    fn drop_refs(&mut self, ids: &[u32], released: &mut Vec<u32>) {
+        for id in ids {
             if let Some(refs) = self.refs.get_mut(id) {
                 *refs = refs.saturating_sub(1);
             }
@@ -692,36 +708,38 @@ impl LbMaps {
         }
     }
 
+    /// An unused backend id, searching from after the last one given.
     fn free_id(&mut self) -> Result<u32, Error> {
+        let last = self.backend_capacity();
         let start = self.next_id;
         loop {
             let id = self.next_id;
-            self.next_id = self.next_id.wrapping_add(1).max(1);
-            if !self.refs.contains_key(&id) {
+            self.next_id = if id >= last { 1 } else { id + 1 };
+            if (1..=last).contains(&id) && !self.refs.contains_key(&id) {
                 return Ok(id);
             }
             if self.next_id == start {
-                return Err(Error::BackendIdsExhausted);
+                return Err(Error::MapFull {
+                    map: BACKENDS_MAP,
+                    max_entries: self.backends.max_entries(),
+                });
             }
         }
     }
 
-    fn put_service(&self, key: &lb4_key, value: &lb4_service) -> Result<(), Error> {
+    /// Writes `frontend`'s master entry and mirrors it.
+    fn put_master(&mut self, frontend: &Frontend, master: lb4_service) -> Result<(), Error> {
         self.services
-            .update(bytes_of(key), bytes_of(value), MapFlags::ANY)
-            .map_err(|e| map_write_error(SERVICES_MAP, &self.services, e))
-    }
-
-    fn delete_service_key(&self, key: &lb4_key) -> Result<(), Error> {
-        delete_key(&self.services, SERVICES_MAP, bytes_of(key))
-    }
-
-    fn service_entries(&self) -> Result<Vec<(lb4_key, lb4_service)>, Error> {
-        entries(&self.services, SERVICES_MAP)
-    }
-
-    fn backend_entries(&self) -> Result<Vec<(u32, lb4_backend)>, Error> {
-        entries(&self.backends, BACKENDS_MAP)
+            .update(
+                bytes_of(&encode::service_key(frontend)),
+                bytes_of(&master),
+                MapFlags::ANY,
+            )
+            .map_err(|e| map_write_error(SERVICES_MAP, &self.services, e))?;
+        if let Some(held) = self.held.get_mut(frontend) {
+            held.master = master;
+        }
+        Ok(())
     }
 }
 
@@ -780,6 +798,31 @@ fn entries<K: encode::MapEntry, V: encode::MapEntry>(
         }
     }
     Ok(out)
+}
+
+/// Every value of an array map, by index, read in batches.
+fn array_values<V: encode::MapEntry>(map: &MapHandle, name: &'static str) -> Result<Vec<V>, Error> {
+    let expected = map.max_entries() as usize;
+    let mut values = vec![V::default(); expected];
+    let mut read = 0;
+    let batches = map
+        .lookup_batch(4096, MapFlags::ANY, MapFlags::ANY)
+        .map_err(|e| Error::bpf(format!("read {name}"), e))?;
+    for (key, value) in batches {
+        let index: u32 = from_bytes(name, &key)?;
+        if let Some(slot) = values.get_mut(index as usize) {
+            *slot = from_bytes(name, &value)?;
+            read += 1;
+        }
+    }
+    if read != expected {
+        return Err(Error::ShortRead {
+            map: name,
+            read,
+            expected,
+        });
+    }
+    Ok(values)
 }
 
 fn delete_key(map: &MapHandle, name: &'static str, key: &[u8]) -> Result<(), Error> {

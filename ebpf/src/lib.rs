@@ -22,6 +22,7 @@ pub mod maglev;
 pub mod model;
 mod nodeport;
 mod skel;
+mod slot_ranges;
 mod sock_destroy;
 mod sock_lb;
 

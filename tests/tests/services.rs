@@ -613,9 +613,9 @@ fn a_full_map_is_reported_and_counted_and_other_services_still_programmed() {
     require_root();
     let config = TestbedConfig::new(1);
     let mut cluster_config = ClusterConfig::beside_current_exe(&config.prefix);
-    // Room for 16 entries: the `kubernetes` Service (1), `small` (1 + 2),
-    // never `big` (1 + 20).
-    cluster_config.agent_args = vec!["--lb-services-map-size".into(), "16".into()];
+    // Room for 16 backend slots: the `kubernetes` Service (1), `small` (2),
+    // never `big` (20).
+    cluster_config.agent_args = vec!["--lb-slots-map-size".into(), "16".into()];
     let cluster =
         Cluster::start(Testbed::new(&config).expect("testbed"), cluster_config).expect("cluster");
     for (name, count) in [("big", 20), ("small", 2)] {

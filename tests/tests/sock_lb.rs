@@ -31,6 +31,36 @@ fn pod_backend(last: u8, proto: Protocol) -> Backend {
     }
 }
 
+/// Programs `frontend` with the one TCP backend `backend`.
+fn program_one(lb: &SockLb, frontend: &Frontend, backend: SocketAddrV4) {
+    lb.maps()
+        .expect("maps")
+        .upsert_service(
+            frontend,
+            &[Backend {
+                addr: backend,
+                proto: Protocol::Tcp,
+            }],
+        )
+        .expect("program");
+}
+
+/// `bpftool -j map dump pinned` of one of the node's maps: its entries.
+fn bpftool_dump(node: &Node, map: &str) -> Vec<serde_json::Value> {
+    let dump = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(node.pin_dir().join(map))
+        .output()
+        .expect("run bpftool");
+    assert!(
+        dump.status.success(),
+        "{}",
+        String::from_utf8_lossy(&dump.stderr)
+    );
+    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("bpftool JSON");
+    entries.as_array().expect("array of entries").clone()
+}
+
 /// A TCP server on the node's loopback that answers each connection with
 /// `greeting`; returns its address.
 fn serve(node: &Node, greeting: &'static str, connections: usize) -> SocketAddrV4 {
@@ -111,25 +141,10 @@ fn connect_to_a_virtual_address_is_translated_only_inside_the_node_cgroup() {
         "untranslated connect: {stderr}"
     );
 
-    // bpftool prints the pinned map with the C field names.
-    let dump = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(node.pin_dir().join("lb4_services"))
-        .output()
-        .expect("run bpftool");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("bpftool JSON");
-    let entries = entries.as_array().expect("array of entries");
-    assert_eq!(entries.len(), 2, "master entry and one slot: {entries:#?}");
-    let master = entries
-        .iter()
-        .map(|e| &e["formatted"])
-        .find(|f| f["key"]["backend_slot"] == 0)
-        .expect("a master entry with named fields");
+    // bpftool prints the pinned maps with the C field names.
+    let services = bpftool_dump(node, "lb4_services");
+    assert_eq!(services.len(), 1, "one master entry: {services:#?}");
+    let master = &services[0]["formatted"];
     assert_eq!(master["value"]["count"], 1);
     assert_eq!(master["key"]["dport"], u64::from(80u16.to_be()));
     assert_eq!(master["key"]["proto"], 6);
@@ -137,6 +152,14 @@ fn connect_to_a_virtual_address_is_translated_only_inside_the_node_cgroup() {
         master["key"]["address"],
         u64::from(u32::from_ne_bytes(VIP.octets()))
     );
+    let slots = bpftool_dump(node, "lb4_slots");
+    let base = master["value"]["slot_base"].as_u64().expect("slot_base");
+    let slot = &slots[usize::try_from(base).expect("index")]["formatted"];
+    let id = maps.services().expect("list")[0].slots[0].backend_id;
+    assert_eq!(slot["value"]["backend_id"], u64::from(id));
+    let backends = bpftool_dump(node, "lb4_backends");
+    let entry = &backends[id as usize]["formatted"]["value"];
+    assert_eq!(entry["port"], u64::from(backend.port().to_be()));
 
     drop(lb);
     drop(testbed);
@@ -173,16 +196,7 @@ fn a_new_loader_adopts_the_pinned_maps_and_link() {
     let backend = serve(node, "still here\n", 2);
     {
         let lb = attach(node);
-        lb.maps()
-            .expect("maps")
-            .upsert_service(
-                &frontend,
-                &[Backend {
-                    addr: backend,
-                    proto: Protocol::Tcp,
-                }],
-            )
-            .expect("program");
+        program_one(&lb, &frontend, backend);
     }
     // The loader is gone; the pinned link keeps translating.
     let out = nc(node, frontend.addr, true);
@@ -251,11 +265,69 @@ fn maps_keep_backend_ids_across_changes_and_reopens() {
         ]
     );
 
+    // Growing past its slot range moves a frontend to a new one; what the
+    // kernel holds reads back the same after a reopen.
+    maps.upsert_service(
+        &web,
+        &[backend(1), backend(3), backend(4), backend(5), backend(6)],
+    )
+    .expect("grow");
+    let grown = ids(&maps);
+    assert_eq!(grown[0].1.len(), 5);
+    assert_eq!(&grown[0].1[..2], &after[0].1[..]);
+    drop(maps);
+    let mut maps = LbMaps::open_pinned(node.pin_dir()).expect("reopen");
+    assert_eq!(ids(&maps), grown);
+
     // Removing the last user of a backend frees it; shared ones stay.
     assert!(maps.remove_service(&web).expect("remove"));
     assert!(!maps.remove_service(&web).expect("remove again"));
     let left = ids(&maps);
     assert_eq!(left, vec![(api, vec![(web_ids[2], Some(backend(3)))])]);
+    let fill = |maps: &LbMaps, map: &str| {
+        maps.fill()
+            .into_iter()
+            .find(|(name, _, _)| *name == map)
+            .map(|(_, used, _)| used)
+    };
+    assert_eq!(fill(&maps, "lb4_slots"), Some(1), "web's slots are free");
+    assert_eq!(fill(&maps, "lb4_backends"), Some(1));
+    drop(maps);
+    let maps = LbMaps::open_pinned(node.pin_dir()).expect("reopen");
+    assert_eq!(ids(&maps), left);
+    assert_eq!(fill(&maps, "lb4_slots"), Some(1));
+}
+
+#[test]
+fn maps_pinned_with_an_older_layout_are_recreated() {
+    require_root();
+    let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
+    let node = &testbed.nodes()[0];
+    // lb4_services as an older Berth pinned it: 12-byte keys, 8-byte values.
+    std::fs::create_dir_all(node.pin_dir()).expect("pin dir");
+    let old = node.pin_dir().join("lb4_services");
+    let created = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old)
+        .args(["type", "hash", "key", "12", "value", "8", "entries", "16"])
+        .args(["name", "lb4_services"])
+        .status()
+        .expect("bpftool");
+    assert!(created.success());
+
+    let lb = attach(node);
+    let frontend = Frontend::new(VIP, 80, Protocol::Tcp);
+    let backend = serve(node, "new layout\n", 1);
+    program_one(&lb, &frontend, backend);
+    let out = nc(node, frontend.addr, true);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "new layout\n");
+    let info = Command::new("bpftool")
+        .args(["-j", "map", "show", "pinned"])
+        .arg(&old)
+        .output()
+        .expect("bpftool");
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("bpftool JSON");
+    assert_eq!(info["bytes_key"], 8, "{info}");
 }
 
 #[test]

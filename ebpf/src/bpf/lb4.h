@@ -2,25 +2,31 @@
 /*
  * IPv4 service load-balancing maps and lookups shared by Berth's programs.
  *
- * Layout (after Cilium's lb4 maps):
- *   lb4_services: (vip, port, proto, slot) -> lb4_service
- *       slot 0 is the service's master entry: `count` backend slots follow;
- *       slot 1..count hold one backend id each.
- *   lb4_backends: backend id -> lb4_backend (address, port)
+ * Layout (after Cilium's lb4 maps, with arrays where the index is ours):
+ *   lb4_services: (vip, port, proto) -> lb4_service, the frontend's
+ *       master entry: `count` backend slots from `slot_base` on
+ *   lb4_slots: slot index -> backend id (each frontend owns a range of
+ *       `capacity` slots from `slot_base`)
+ *   lb4_backends: backend id -> lb4_backend (address, port); id 0 and
+ *       all-zero entries mean no backend
  *   lb4_reverse_sk: (socket cookie, backend) -> frontend, for replies
  *   lb4_affinity: (client netns cookie, frontend) -> backend, for
  *       sessionAffinity ClientIP
  *
  * Writers fill backends, then slots, then the master entry, so a program
- * that sees a master entry always finds its slots.
+ * that sees a master entry always finds its slots. A frontend whose
+ * backends outgrow its range gets a new one: slots are written there
+ * first and the master entry switches to it in one update; the old range
+ * is reused only by a later write.
  *
  * Every struct is shared with Rust (generated skeleton types): fields in
  * network order are typed __be*, padding is explicit.
  */
 /*
- * The service and backend maps are preallocated: inserting 100 000 slots
- * then costs no allocation per entry (10 000 services program in a
- * fraction of the time), for memory fixed by their configured sizes.
+ * The services map is a preallocated hash (no allocation per insert);
+ * slots and backends are arrays, whose updates cost a third of a hash
+ * insert: 10 000 services of 10 backends program in a few tens of
+ * milliseconds, for memory fixed by their configured sizes.
  */
 #ifndef BERTH_LB4_H
 #define BERTH_LB4_H
@@ -29,28 +35,34 @@
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
 
-/* A service frontend slot. */
+/* A service frontend. */
 struct lb4_key {
 	__be32 address;      /* virtual IPv4 address */
 	__be16 dport;        /* virtual port */
-	__u16 backend_slot;  /* 0: master entry, 1..count: a backend slot */
 	__u8 proto;          /* IPPROTO_TCP or IPPROTO_UDP */
-	__u8 pad[3];
+	__u8 pad;
 };
 
 /* Master entry flags. */
 #define LB4_SVC_AFFINITY 0x1 /* sessionAffinity: ClientIP */
 #define LB4_SVC_MAGLEV   0x2 /* flows hashed onto lb4_maglev (tc path) */
 
-/* Master entry (slot 0) or one backend slot (slot > 0). */
+/* A frontend's master entry. */
 struct lb4_service {
-	__u32 backend_id;    /* slot > 0: key into lb4_backends;
-			      * slot 0: affinity timeout in seconds */
-	__u16 count;         /* slot 0: number of backend slots; else 0 */
-	__u16 flags;         /* slot 0: LB4_SVC_* flags */
+	__u32 slot_base;        /* lb4_slots index of its first slot */
+	__u32 affinity_timeout; /* seconds, with LB4_SVC_AFFINITY */
+	__u16 count;            /* backend slots in use */
+	__u16 capacity;         /* slots reserved from slot_base (>= count) */
+	__u16 flags;            /* LB4_SVC_* */
+	__u16 pad;
 };
 
-/* A real endpoint a frontend translates to. */
+/* One backend slot of a frontend. */
+struct lb4_slot {
+	__u32 backend_id;    /* index into lb4_backends */
+};
+
+/* A real endpoint a frontend translates to; all zero: none. */
 struct lb4_backend {
 	__be32 address;
 	__be16 port;
@@ -66,14 +78,21 @@ struct {
 } lb4_services SEC(".maps");
 
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct lb4_slot);
+	__uint(max_entries, 262144);
+} lb4_slots SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__type(key, __u32);
 	__type(value, struct lb4_backend);
 	__uint(max_entries, 65536);
 } lb4_backends SEC(".maps");
 
 /*
- * Maglev lookup table of a frontend (key: its master entry's key): entry
+ * Maglev lookup table of a frontend (key: its lb4_services key): entry
  * i holds the backend id for flows hashing to i. The agent computes it
  * from the backends' addresses alone, so every node holds the same table
  * and sends a given flow to the same backend.
@@ -156,30 +175,34 @@ lb4_lookup_service(__be32 address, __be16 port, __u8 proto)
 	return bpf_map_lookup_elem(&lb4_services, &key);
 }
 
+/* The backend with id `id`, or NULL when that id holds none. */
+static __always_inline struct lb4_backend *lb4_backend_by_id(__u32 id)
+{
+	struct lb4_backend *backend = bpf_map_lookup_elem(&lb4_backends, &id);
+
+	if (!backend || backend->proto == 0)
+		return NULL;
+	return backend;
+}
+
 /*
- * Pick a backend of `svc` (a master entry for address/port/proto) at
- * random among its slots; its id goes to *id. NULL when the slot or
- * backend is missing.
+ * Pick a backend of `svc` (a master entry) at random among its slots; its
+ * id goes to *id. NULL when the slot or backend is missing.
  */
 static __always_inline struct lb4_backend *
-lb4_select_backend(const struct lb4_service *svc, __be32 address, __be16 port,
-		   __u8 proto, __u32 *id)
+lb4_select_backend(const struct lb4_service *svc, __u32 *id)
 {
-	struct lb4_key key = {
-		.address = address,
-		.dport = port,
-		.proto = proto,
-	};
-	struct lb4_service *slot;
+	struct lb4_slot *slot;
+	__u32 index;
 
 	if (svc->count == 0)
 		return NULL;
-	key.backend_slot = (bpf_get_prandom_u32() % svc->count) + 1;
-	slot = bpf_map_lookup_elem(&lb4_services, &key);
+	index = svc->slot_base + bpf_get_prandom_u32() % svc->count;
+	slot = bpf_map_lookup_elem(&lb4_slots, &index);
 	if (!slot)
 		return NULL;
 	*id = slot->backend_id;
-	return bpf_map_lookup_elem(&lb4_backends, &slot->backend_id);
+	return lb4_backend_by_id(slot->backend_id);
 }
 
 /*
@@ -204,12 +227,12 @@ lb4_maglev_backend(__be32 address, __be16 port, __u8 proto, __u32 hash, __u32 *i
 	if (!table || i >= LB4_MAGLEV_SIZE)
 		return NULL;
 	*id = table->backend_ids[i];
-	return bpf_map_lookup_elem(&lb4_backends, id);
+	return lb4_backend_by_id(*id);
 }
 
 /*
  * The backend `client` was given for this frontend, while its affinity
- * (svc->backend_id seconds since the last use) holds and the backend
+ * (svc->affinity_timeout seconds since the last use) holds and the backend
  * still exists; NULL otherwise. The agent removes entries pointing at
  * backends a service no longer has.
  */
@@ -222,10 +245,10 @@ lb4_affinity_backend(const struct lb4_service *svc,
 	entry = bpf_map_lookup_elem(&lb4_affinity, key);
 	if (!entry)
 		return NULL;
-	if (now - entry->last_used_ns > (__u64)svc->backend_id * 1000000000ULL)
+	if (now - entry->last_used_ns > (__u64)svc->affinity_timeout * 1000000000ULL)
 		return NULL;
 	entry->last_used_ns = now;
-	return bpf_map_lookup_elem(&lb4_backends, &entry->backend_id);
+	return lb4_backend_by_id(entry->backend_id);
 }
 
 /* Remember that `client` was given backend `id`. */

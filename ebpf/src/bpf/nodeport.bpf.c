@@ -229,8 +229,7 @@ static __always_inline int ct_create(const struct lb4_ct_key *key,
 		backend = lb4_maglev_backend(key->daddr, key->dport, key->proto,
 					     flow_hash(key), &id);
 	else
-		backend = lb4_select_backend(svc, key->daddr, key->dport,
-					     key->proto, &id);
+		backend = lb4_select_backend(svc, &id);
 	if (!backend)
 		return -1;
 	reply_key.saddr = backend->address;

@@ -65,7 +65,7 @@ static __always_inline int sock4_xlate(struct bpf_sock_addr *ctx)
 		backend = lb4_affinity_backend(svc, &affinity, now);
 	}
 	if (!backend) {
-		backend = lb4_select_backend(svc, address, port, proto, &id);
+		backend = lb4_select_backend(svc, &id);
 		if (!backend)
 			return SYS_REJECT;
 		if (svc->flags & LB4_SVC_AFFINITY)
