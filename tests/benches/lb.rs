@@ -4,7 +4,11 @@
 //!   eBPF socket load balancer, against pod → pod direct, and against DNAT
 //!   rules laid out as kube-proxy's iptables mode lays them out, with 10,
 //!   1 000 and 10 000 services programmed; both over one long connection
-//!   and with a new connection per request (where rule count matters);
+//!   and with a new connection per request (where rule count matters).
+//!   Paths are measured in interleaved rounds (medians of the rounds), and
+//!   direct and eBPF with no iptables rules in the node, as on a node
+//!   without kube-proxy; iptables DNAT with its rules loaded, beside direct
+//!   again (kube-proxy's rules slow down every new connection of the node);
 //! - the time to program 10 000 services × 10 endpoints into the maps,
 //!   against `iptables-restore` of the equivalent rules.
 //!
@@ -21,13 +25,22 @@ use berth_ebpf::model::{Backend, Frontend, Protocol};
 use berth_ebpf::{LbMaps, MapSizes, SockLb, SockLbConfig};
 use berth_tests::cni::{call, workspace_bin};
 use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 use serde_json::json;
 
 const SCALES: [usize; 3] = [10, 1_000, 10_000];
 const ENDPOINTS: usize = 10;
 const PORT: u16 = 8080;
-const ROUND_TRIPS: &str = "10000";
-const CONNECTIONS: &str = "2000";
+/// CPU of the probe (client) and of the echo server's threads.
+const CLIENT_CPU: &str = "0";
+const SERVER_CPU: usize = 1;
+/// Interleaved rounds per path and scale.
+const ROUNDS: usize = 10;
+/// Request/response exchanges per round over one connection.
+const ROUND_TRIPS: &str = "1000";
+/// Connections per round with a new connection per request.
+const CONNECTIONS: &str = "200";
 
 fn main() {
     require_root();
@@ -58,31 +71,25 @@ fn main() {
     println!("Service datapath on a simulated node (netns on one kernel, 2 cores); client and server pods on one node.");
     println!("Probe service: the last of N; N-1 others with {ENDPOINTS} endpoints each; iptables rules as kube-proxy lays them out.\n");
     let direct = SocketAddrV4::new(server_ip, PORT).to_string();
+    let direct = direct.as_str();
     let mut rows = Vec::new();
     let mut programming = None;
     for n in SCALES {
         clear_maps(&mut maps);
         let (ebpf_vip, ebpf_time) = program_maps(&mut maps, n, real);
+        flush_nat(node);
+        let ebpf = ebpf_vip.to_string();
+        let [d, e] = rounds(node, &client, [(direct, true), (&ebpf, true)]);
         let (ipt_vip, ipt_time) = program_iptables(node, n, real);
         if n == 10_000 {
             programming = Some((ebpf_time, ipt_time));
         }
-        let ebpf = ebpf_vip.to_string();
         let ipt = ipt_vip.to_string();
-        let measure =
-            |target: &str, in_cgroup: bool, new: bool| rr(node, &client, target, in_cgroup, new);
+        let [i, l] = rounds(node, &client, [(&ipt, false), (direct, true)]);
         rows.push(Row {
             services: n,
-            persistent: [
-                measure(&direct, true, false),
-                measure(&ebpf, true, false),
-                measure(&ipt, false, false),
-            ],
-            fresh: [
-                measure(&direct, true, true),
-                measure(&ebpf, true, true),
-                measure(&ipt, false, true),
-            ],
+            persistent: [d.0, e.0, i.0, l.0],
+            fresh: [d.1, e.1, i.1, l.1],
         });
     }
     report(&rows);
@@ -104,18 +111,50 @@ fn main() {
     let svg = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bench-lb.svg");
     std::fs::write(&svg, plot(&rows)).expect("write the plot");
     println!("\nPlot: {}", svg.display());
-    let _ = node
-        .netns()
-        .command("iptables")
-        .map(|mut c| c.args(["-t", "nat", "-F"]).status());
+    flush_nat(node);
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// Latencies of the three paths (direct, eBPF, iptables) at one scale.
+/// p50 and p99 (µs) of the paths at one scale: direct, eBPF, iptables
+/// DNAT, and direct with the iptables rules loaded.
 struct Row {
     services: usize,
-    persistent: [(f64, f64); 3],
-    fresh: [(f64, f64); 3],
+    persistent: [(f64, f64); 4],
+    fresh: [(f64, f64); 4],
+}
+
+/// Empties the node's nat table.
+fn flush_nat(node: &Node) {
+    let mut flush = node.netns().command("iptables").expect("iptables");
+    berth_tests::run(flush.args(["-t", "nat", "-F"])).expect("flush nat");
+}
+
+/// Latency of two paths `(target, in the node's cgroup)` measured in
+/// `ROUNDS` interleaved rounds: per path, (one connection, a new
+/// connection per request), each the (p50, p99) medians over the rounds.
+fn rounds(node: &Node, client: &Netns, paths: [(&str, bool); 2]) -> [Latency; 2] {
+    let mut samples = [[(); 4].map(|_| Vec::new()), [(); 4].map(|_| Vec::new())];
+    for _ in 0..ROUNDS {
+        for (path, (target, in_cgroup)) in paths.iter().enumerate() {
+            for (k, new) in [false, true].into_iter().enumerate() {
+                let (p50, p99) = rr(node, client, target, *in_cgroup, new);
+                samples[path][2 * k].push(p50);
+                samples[path][2 * k + 1].push(p99);
+            }
+        }
+    }
+    samples.map(|mut s| {
+        let [a, b, c, d] = &mut s;
+        ((median(a), median(b)), (median(c), median(d)))
+    })
+}
+
+/// (one connection, new connections), each (p50, p99) in µs.
+type Latency = ((f64, f64), (f64, f64));
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// A pod wired by berth-cni on `node`.
@@ -157,6 +196,10 @@ fn echo_server(pod: &Netns, ip: Ipv4Addr) {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
+                let mut cpus = CpuSet::new();
+                if cpus.set(SERVER_CPU).is_ok() {
+                    let _ = sched_setaffinity(Pid::from_raw(0), &cpus);
+                }
                 let mut conn = conn;
                 let _ = conn.set_nodelay(true);
                 let mut byte = [0u8; 1];
@@ -256,8 +299,7 @@ fn program_iptables(node: &Node, n: usize, real: Backend) -> (SocketAddrV4, Dura
         }
     }
     let script = chains + &rules + "COMMIT\n";
-    let mut flush = node.netns().command("iptables").expect("iptables");
-    berth_tests::run(flush.args(["-t", "nat", "-F"])).expect("flush nat");
+    flush_nat(node);
     let mut restore = node
         .netns()
         .command("iptables-restore")
@@ -291,9 +333,11 @@ fn rr(
     in_cgroup: bool,
     new_connections: bool,
 ) -> (f64, f64) {
-    let mut cmd: Command = client
-        .command(workspace_bin("berth-testbed"))
-        .expect("probe");
+    // Client and server on fixed, different CPUs: every exchange then
+    // crosses CPUs alike, whatever the scheduler would have chosen.
+    let mut cmd: Command = client.command("taskset").expect("probe");
+    cmd.args(["--cpu-list", CLIENT_CPU]);
+    cmd.arg(workspace_bin("berth-testbed"));
     let count = if new_connections {
         CONNECTIONS
     } else {
@@ -324,17 +368,23 @@ fn report(rows: &[Row]) {
     ] {
         println!("Latency, {title}: p50 / p99 in microseconds");
         println!(
-            "  {:>8}  {:>17}  {:>17}  {:>17}  {:>12}  {:>12}",
-            "services", "direct", "eBPF ClusterIP", "iptables DNAT", "eBPF/direct", "ipt/direct"
+            "  {:>8}  {:>17}  {:>17}  {:>17}  {:>12}  {:>12}  {:>17}",
+            "services",
+            "direct",
+            "eBPF ClusterIP",
+            "iptables DNAT",
+            "eBPF/direct",
+            "ipt/direct",
+            "direct, ipt rules"
         );
         for row in rows {
-            let [d, e, i] = if pick == 0 { row.persistent } else { row.fresh };
+            let [d, e, i, l] = if pick == 0 { row.persistent } else { row.fresh };
             println!(
-                "  {:>8}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>12.3}  {:>12.3}",
-                row.services, d.0, d.1, e.0, e.1, i.0, i.1, e.0 / d.0, i.0 / d.0
+                "  {:>8}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>12.3}  {:>12.3}  {:>8.1} / {:>6.1}",
+                row.services, d.0, d.1, e.0, e.1, i.0, i.1, e.0 / d.0, i.0 / d.0, l.0, l.1
             );
         }
-        println!("  (goal: eBPF <= 1.03 x direct, flat as services grow)\n");
+        println!("  (p50 medians of {ROUNDS} interleaved rounds; goal: eBPF <= 1.03 x direct, flat as services grow)\n");
     }
 }
 

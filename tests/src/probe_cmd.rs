@@ -7,6 +7,7 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use clap::Subcommand;
+use nix::sys::socket::{setsockopt, sockopt};
 
 /// What to probe.
 #[derive(Debug, Subcommand)]
@@ -68,6 +69,12 @@ pub(crate) enum Probe {
 }
 
 /// Round-trip times (µs) of one-byte exchanges with an echo server.
+///
+/// With `new_connections`, each connection is closed with a reset (linger
+/// 0), as connection-rate benchmarks do: a normal close would leave it in
+/// TIME_WAIT for a minute, and thousands of those towards one server make
+/// every later `connect()` search longer for a free port, slowing whatever
+/// path is measured last.
 fn round_trips(
     target: SocketAddr,
     count: usize,
@@ -77,6 +84,13 @@ fn round_trips(
     let connect = || -> std::io::Result<TcpStream> {
         let conn = TcpStream::connect(target)?;
         conn.set_nodelay(true)?;
+        if new_connections {
+            let reset = nix::libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            setsockopt(&conn, sockopt::Linger, &reset)?;
+        }
         Ok(conn)
     };
     let warmup = (count / 10).max(1);
