@@ -14,3 +14,4 @@ pub mod masq;
 pub mod netlink;
 pub mod plugin;
 pub mod result;
+pub mod retire;

@@ -8,10 +8,22 @@ use std::process::ExitCode;
 use berth_cni::config::NetConf;
 use berth_cni::env::Env;
 use berth_cni::error::{CniError, Code};
-use berth_cni::plugin;
+use berth_cni::{plugin, retire};
 
 fn main() -> ExitCode {
     berth_cli::init_logging("BERTH_CNI_LOG", "warn");
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, index, alias] = args.as_slice() {
+        if mode == retire::REAP_ARG {
+            return match retire::reap(index, alias) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "reaper failed");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    }
     let mut stdin = Vec::new();
     let read = std::io::stdin()
         .read_to_end(&mut stdin)

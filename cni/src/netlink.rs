@@ -8,7 +8,7 @@ use std::path::Path;
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use nix::sched::{setns, CloneFlags};
-use rtnetlink::Handle;
+use rtnetlink::{Handle, LinkGetRequest};
 
 /// What can go wrong opening a netlink handle.
 #[derive(Debug, thiserror::Error)]
@@ -78,17 +78,32 @@ pub async fn link_by_name(
     handle: &Handle,
     name: &str,
 ) -> Result<Option<LinkMessage>, rtnetlink::Error> {
-    match handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await
-    {
+    first_link(handle.link().get().match_name(name.to_string())).await
+}
+
+/// The link with index `index`, or `None` when there is none.
+pub async fn link_by_index(
+    handle: &Handle,
+    index: u32,
+) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    first_link(handle.link().get().match_index(index)).await
+}
+
+/// The one link a filtered request answers; the kernel's "no such device"
+/// is `None`.
+async fn first_link(request: LinkGetRequest) -> Result<Option<LinkMessage>, rtnetlink::Error> {
+    match request.execute().try_next().await {
         Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(None),
         other => other,
     }
+}
+
+/// The index of a veth's peer (in the peer's namespace).
+pub fn link_peer(link: &LinkMessage) -> Option<u32> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::Link(index) => Some(*index),
+        _ => None,
+    })
 }
 
 /// A link's name.

@@ -24,8 +24,12 @@ use crate::env::{Command, Env};
 use crate::error::{CniError, Code, Result};
 use crate::ipam::Leases;
 use crate::masq;
-use crate::netlink::{self, errno, link_by_name, link_controller, link_mac, link_mtu, link_name};
+use crate::netlink::{
+    self, errno, link_by_index, link_by_name, link_controller, link_mac, link_mtu, link_name,
+    link_peer,
+};
 use crate::result::{CniResult, Interface, IpConfig, Route};
+use crate::retire;
 
 /// Prefix of the host ends of pod veths (`bv` + 8 hex digits).
 pub const HOST_VETH_PREFIX: &str = "bv";
@@ -191,12 +195,14 @@ async fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value> {
     let leases = Leases::lock(&conf.data_dir, &conf.name)?;
     let host = connect_host()?;
     let pod = connect_pod(netns_path)?;
-    if link_by_name(&pod, &env.ifname)
+    let existing = link_by_name(&pod, &env.ifname)
         .await
-        .map_err(|e| kernel("read the container's links", e))?
-        .is_some()
-        && leases.find(&owner)?.is_none()
-    {
+        .map_err(|e| kernel("read the container's links", e))?;
+    let taken = match existing {
+        Some(link) => !clear_retired(&host, conf, &link).await?,
+        None => false,
+    };
+    if taken && leases.find(&owner)?.is_none() {
         return Err(CniError::new(
             Code::InvalidConfig,
             format!("interface {} already exists in the container", env.ifname),
@@ -509,13 +515,15 @@ async fn wire_pod(
 }
 
 /// Removes the attachment's veth pair by its host end (the pod end goes
-/// with it), if that end carries the attachment's alias; a pair that is
-/// already gone is fine.
+/// with it), if that end carries the attachment's alias (or its retired
+/// form: a DEL whose reaper has not run yet); a pair that is already gone
+/// is fine.
 async fn undo_wiring(host: &Handle, conf: &NetConf, owner: &Attachment) {
     let name = host_veth_name(owner);
     let alias = host_veth_alias(&conf.name, owner);
     if let Ok(Some(link)) = link_by_name(host, &name).await {
-        if !is_ours(&link, Some(&alias)) {
+        let retired = link_alias(&link) == Some(retire::retired_alias(&alias).as_str());
+        if !retired && !is_ours(&link, Some(&alias)) {
             tracing::warn!(link = %name, "not removing a link this attachment did not make");
             return;
         }
@@ -527,15 +535,55 @@ async fn undo_wiring(host: &Handle, conf: &NetConf, owner: &Attachment) {
     }
 }
 
-/// Removing the host end removes the pod end with it, wherever the pod's
-/// namespace is (or whether it still exists): DEL never touches an
-/// interface in the container by name, which might belong to another
-/// network.
+/// A pod interface whose pair's host end a DEL retired (its reaper has
+/// not run yet) is deleted now, so that the name is free for this ADD.
+/// Returns whether it was such an interface.
+async fn clear_retired(host: &Handle, conf: &NetConf, pod_link: &LinkMessage) -> Result<bool> {
+    let Some(peer) = link_peer(pod_link) else {
+        return Ok(false);
+    };
+    let host_end = link_by_index(host, peer)
+        .await
+        .map_err(|e| kernel("read links", e))?;
+    if !host_end.is_some_and(|l| retire::is_retired(&l, &conf.name)) {
+        return Ok(false);
+    }
+    match host.link().del(peer).execute().await {
+        Err(e) if errno(&e) != Some(libc::ENODEV) => Err(kernel("delete a retired veth", e)),
+        _ => Ok(true),
+    }
+}
+
+/// DEL works on the host end, wherever the pod's namespace is (or whether
+/// it still exists): it never touches an interface in the container by
+/// name, which might belong to another network. The pair is retired (down,
+/// so nothing flows and the address can be leased again at once) and
+/// deleted by a detached reaper ([`retire`]); where that cannot start, it
+/// is deleted here.
 async fn del(env: &Env, conf: &NetConf) -> Result<()> {
     let owner = owner_of(env);
     let leases = Leases::lock(&conf.data_dir, &conf.name)?;
     let host = connect_host()?;
-    undo_wiring(&host, conf, &owner).await;
+    let alias = host_veth_alias(&conf.name, &owner);
+    let found = link_by_name(&host, &host_veth_name(&owner))
+        .await
+        .map_err(|e| kernel("read links", e))?;
+    if let Some(link) = found.filter(|l| is_ours(l, Some(&alias))) {
+        let index = link.header.index;
+        let reaping = match retire::retire(&host, index, &alias).await {
+            Ok(()) => retire::spawn_reaper(index, &retire::retired_alias(&alias))
+                .inspect_err(|e| tracing::warn!(error = %e, "cannot start a reaper"))
+                .is_ok(),
+            Err(e) if errno(&e) == Some(libc::ENODEV) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot retire the veth");
+                false
+            }
+        };
+        if !reaping {
+            undo_wiring(&host, conf, &owner).await;
+        }
+    }
     leases.release(&owner)?;
     Ok(())
 }
@@ -691,9 +739,12 @@ async fn gc(conf: &NetConf) -> Result<()> {
         .await
         .map_err(|e| kernel("read links", e))?;
     for link in links {
-        let half_made = link_alias(&link).is_none() && is_ours(&link, None);
+        // Half-made by an interrupted ADD, or retired by a DEL whose reaper
+        // did not finish.
+        let abandoned = (link_alias(&link).is_none() && is_ours(&link, None))
+            || retire::is_retired(&link, &conf.name);
         let owner = link_alias(&link).and_then(|a| alias_owner(a, &conf.name));
-        if !half_made && owner.as_ref().is_none_or(|o| valid.contains(o)) {
+        if !abandoned && owner.as_ref().is_none_or(|o| valid.contains(o)) {
             continue;
         }
         let owner = owner.unwrap_or_else(|| Attachment {

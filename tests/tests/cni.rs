@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use berth_tests::cni::{call, workspace_bin, Reply};
 use berth_tests::traffic::tcp_exchange;
@@ -103,16 +104,51 @@ impl Setup {
             .filter(|n| n.starts_with("bv"))
             .collect()
     }
+
+    /// Host ends a DEL retired (down, alias `berth-cni-retired/…`) that
+    /// their reaper has not deleted yet.
+    fn retired_veths(&self) -> Vec<String> {
+        aliased_links(self.node())
+            .into_iter()
+            .filter(|(_, alias)| alias.starts_with("berth-cni-retired/"))
+            .map(|(name, _)| name)
+            .collect()
+    }
+
+    /// Waits for the reapers DEL started; panics if one never finishes.
+    fn wait_reaped(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.retired_veths().is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "retired veths not deleted: {:?}",
+                self.retired_veths()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
+/// The node's link names.
 fn node_links(node: &Node) -> Vec<String> {
+    aliased_links(node)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect()
+}
+
+/// The node's links: (name, alias).
+fn aliased_links(node: &Node) -> Vec<(String, String)> {
     let out = node.netns().ip(&["-j", "link", "show"]).expect("ip link");
     let links: Value = serde_json::from_str(&out).expect("ip -j");
     links
         .as_array()
         .into_iter()
         .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(str::to_string))
+        .filter_map(|l| {
+            let alias = l["ifalias"].as_str().unwrap_or_default().to_string();
+            Some((l["ifname"].as_str()?.to_string(), alias))
+        })
         .collect()
 }
 
@@ -215,7 +251,105 @@ fn add_wires_pods_that_talk_check_notices_a_missing_interface_and_del_is_idempot
     assert_eq!(setup.leases(), vec![ip_b.to_string()]);
     assert!(setup.call("DEL", "ctr-b", Some(&pod_b), &conf).success);
     assert!(setup.leases().is_empty());
+    setup.wait_reaped();
     assert!(setup.host_veths().is_empty(), "{:?}", setup.host_veths());
+}
+
+#[test]
+fn del_takes_the_pair_out_of_service_at_once_and_leaves_its_deletion_to_a_reaper() {
+    let setup = Setup::new(1);
+    let node = setup.node();
+    let conf = setup.conf("10.244.6.0/24");
+    let pod_a = node.add_pod("ra").expect("pod");
+    let pod_b = node.add_pod("rb").expect("pod");
+    let a = setup.add("ctr-a", &pod_a, &conf);
+    let host_end = a["interfaces"][1]["name"]
+        .as_str()
+        .expect("host end")
+        .to_string();
+    setup.add("ctr-b", &pod_b, &conf);
+
+    // Right after DEL the pair is gone or retired (down, no longer
+    // forwarding) and its address released; the next ADD may use the same
+    // namespace and interface name at once.
+    assert!(setup.call("DEL", "ctr-a", Some(&pod_a), &conf).success);
+    if let Ok(details) = node.netns().ip(&["-j", "link", "show", &host_end]) {
+        let link: Value = serde_json::from_str(&details).expect("ip -j");
+        assert_eq!(link[0]["ifalias"], "berth-cni-retired/berth/ctr-a/eth0");
+        assert!(
+            !link[0]["flags"]
+                .as_array()
+                .expect("flags")
+                .contains(&json!("UP")),
+            "{link}"
+        );
+    }
+    assert!(!setup.leases().contains(&pod_ip(&a).to_string()));
+    let again = setup.add("ctr-c", &pod_a, &conf);
+    let pod_d = node.add_pod("rd").expect("pod");
+    let d = setup.add("ctr-d", &pod_d, &conf);
+    assert_eq!(
+        tcp_exchange(&pod_d, pod_ip(&d), &pod_a).ip(),
+        pod_ip(&again),
+        "the new interface in the same namespace works"
+    );
+    setup.wait_reaped();
+    assert!(!setup.host_veths().contains(&host_end));
+
+    // A pair retired by a DEL whose reaper never ran: the next ADD in that
+    // namespace deletes it; GC deletes any other.
+    let c_end = again["interfaces"][1]["name"].as_str().expect("host end");
+    let b_end = host_veth(&setup, &pod_b);
+    for (end, owner) in [(c_end, "ctr-c"), (b_end.as_str(), "ctr-b")] {
+        node.netns()
+            .ip(&[
+                "link",
+                "set",
+                end,
+                "down",
+                "alias",
+                &format!("berth-cni-retired/berth/{owner}/eth0"),
+            ])
+            .expect("retire by hand");
+    }
+    let e = setup.add("ctr-e", &pod_a, &conf);
+    let addresses = pod_a.ip(&["-4", "addr", "show", "eth0"]).expect("eth0");
+    assert!(addresses.contains(&pod_ip(&e).to_string()), "{addresses}");
+    assert!(!setup.host_veths().contains(c_end));
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([
+        {"containerID": "ctr-b", "ifname": "eth0"},
+        {"containerID": "ctr-d", "ifname": "eth0"},
+        {"containerID": "ctr-e", "ifname": "eth0"},
+    ]);
+    assert!(setup.call("GC", "", None, &gc).success);
+    assert!(
+        !setup.host_veths().contains(&b_end),
+        "GC left a retired pair"
+    );
+    assert!(setup.retired_veths().is_empty());
+    assert_eq!(setup.host_veths().len(), 2, "ctr-d and ctr-e stay");
+}
+
+/// The host end of the pair whose other end is `pod`'s eth0.
+fn host_veth(setup: &Setup, pod: &Netns) -> String {
+    let out = pod.ip(&["-j", "link", "show", "eth0"]).expect("eth0");
+    let link: Value = serde_json::from_str(&out).expect("ip -j");
+    let peer = link[0]["link_index"].as_u64().expect("peer index");
+    let out = setup
+        .node()
+        .netns()
+        .ip(&["-j", "link", "show"])
+        .expect("links");
+    let links: Value = serde_json::from_str(&out).expect("ip -j");
+    links
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|l| l["ifindex"].as_u64() == Some(peer))
+        .and_then(|l| l["ifname"].as_str())
+        .expect("host end")
+        .to_string()
 }
 
 #[test]
@@ -255,6 +389,7 @@ fn fifty_concurrent_adds_get_distinct_addresses_and_dels_release_them_all() {
         }
     });
     assert!(setup.leases().is_empty(), "leaked: {:?}", setup.leases());
+    setup.wait_reaped();
     assert!(
         setup.host_veths().is_empty(),
         "leaked: {:?}",

@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use berth_cni::netlink::{errno, link_by_name, link_mac, link_mtu};
+use berth_cni::netlink::{errno, link_by_index, link_by_name, link_mac, link_mtu};
 use futures_util::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -89,12 +89,7 @@ pub async fn underlay(
                 .ok_or_else(|| {
                     KernelError::Underlay(format!("no interface holds the node IP {ip}"))
                 })?;
-            handle
-                .link()
-                .get()
-                .match_index(index)
-                .execute()
-                .try_next()
+            link_by_index(handle, index)
                 .await
                 .map_err(netlink("read links"))?
                 .ok_or_else(|| KernelError::Underlay(format!("interface {index} vanished")))?
