@@ -5,10 +5,11 @@
 //!   rules laid out as kube-proxy's iptables mode lays them out, with 10,
 //!   1 000 and 10 000 services programmed; both over one long connection
 //!   and with a new connection per request (where rule count matters).
-//!   Paths are measured in interleaved rounds (medians of the rounds), and
-//!   direct and eBPF with no iptables rules in the node, as on a node
-//!   without kube-proxy; iptables DNAT with its rules loaded, beside direct
-//!   again (kube-proxy's rules slow down every new connection of the node);
+//!   The three paths are measured back to back in each of several rounds
+//!   (medians of the rounds; ratios are medians of each round's ratio),
+//!   client and server on fixed CPUs kept out of idle. kube-proxy's rules
+//!   apply to a second client pod only, so that direct and eBPF run as on a
+//!   node without kube-proxy;
 //! - the time to program 10 000 services × 10 endpoints into the maps,
 //!   against `iptables-restore` of the equivalent rules.
 //!
@@ -18,7 +19,7 @@
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_ebpf::model::{Backend, Frontend, Protocol};
@@ -36,11 +37,11 @@ const PORT: u16 = 8080;
 const CLIENT_CPU: &str = "0";
 const SERVER_CPU: usize = 1;
 /// Interleaved rounds per path and scale.
-const ROUNDS: usize = 10;
+const ROUNDS: usize = 16;
 /// Request/response exchanges per round over one connection.
-const ROUND_TRIPS: &str = "1000";
+const ROUND_TRIPS: &str = "800";
 /// Connections per round with a new connection per request.
-const CONNECTIONS: &str = "200";
+const CONNECTIONS: &str = "150";
 
 fn main() {
     require_root();
@@ -49,6 +50,9 @@ fn main() {
     let node = &testbed.nodes()[0];
     let data = std::env::temp_dir().join(format!("{}-bench-lb", config.prefix));
     let (client, _) = pod(node, &data, "client");
+    // kube-proxy's rules apply to this pod's traffic only, so all three
+    // paths are measured side by side in the same rounds.
+    let (ipt_client, ipt_client_ip) = pod(node, &data, "ipt-client");
     let (server, server_ip) = pod(node, &data, "server");
     echo_server(&server, server_ip);
     let lb = SockLb::attach(
@@ -72,24 +76,29 @@ fn main() {
     println!("Probe service: the last of N; N-1 others with {ENDPOINTS} endpoints each; iptables rules as kube-proxy lays them out.\n");
     let direct = SocketAddrV4::new(server_ip, PORT).to_string();
     let direct = direct.as_str();
+    let _awake = KeepAwake::start();
     let mut rows = Vec::new();
     let mut programming = None;
     for n in SCALES {
         clear_maps(&mut maps);
         let (ebpf_vip, ebpf_time) = program_maps(&mut maps, n, real);
-        flush_nat(node);
-        let ebpf = ebpf_vip.to_string();
-        let [d, e] = rounds(node, &client, [(direct, true), (&ebpf, true)]);
-        let (ipt_vip, ipt_time) = program_iptables(node, n, real);
+        let (ipt_vip, ipt_time) = program_iptables(node, n, real, ipt_client_ip);
         if n == 10_000 {
             programming = Some((ebpf_time, ipt_time));
         }
-        let ipt = ipt_vip.to_string();
-        let [i, l] = rounds(node, &client, [(&ipt, false), (direct, true)]);
+        let (ebpf, ipt) = (ebpf_vip.to_string(), ipt_vip.to_string());
+        let (latency, ratios) = rounds(
+            node,
+            [
+                (&client, direct, true),
+                (&client, &ebpf, true),
+                (&ipt_client, &ipt, false),
+            ],
+        );
         rows.push(Row {
             services: n,
-            persistent: [d.0, e.0, i.0, l.0],
-            fresh: [d.1, e.1, i.1, l.1],
+            latency,
+            ratios,
         });
     }
     report(&rows);
@@ -115,12 +124,47 @@ fn main() {
     let _ = std::fs::remove_dir_all(&data);
 }
 
-/// p50 and p99 (µs) of the paths at one scale: direct, eBPF, iptables
-/// DNAT, and direct with the iptables rules loaded.
+/// The paths at one scale: direct, eBPF, iptables DNAT.
 struct Row {
     services: usize,
-    persistent: [(f64, f64); 4],
-    fresh: [(f64, f64); 4],
+    latency: [Latency; 3],
+    /// eBPF and iptables p50 over direct's, each the median of the
+    /// rounds' ratios: (one connection, new connections).
+    ratios: [[f64; 2]; 2],
+}
+
+/// Busy loops at the lowest scheduling class (SCHED_IDLE), one per CPU:
+/// they run only when nothing else wants the CPU and give way at once, so
+/// the CPUs never halt and a wake-up never pays the virtual machine's
+/// exit from idle, a delay larger and more variable than the paths
+/// measured. Stopped when dropped.
+struct KeepAwake(Vec<Child>);
+
+impl KeepAwake {
+    fn start() -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        KeepAwake(
+            (0..cpus)
+                .map(|cpu| {
+                    Command::new("chrt")
+                        .args(["--idle", "0", "taskset", "--cpu-list"])
+                        .arg(cpu.to_string())
+                        .args(["sh", "-c", "while :; do :; done"])
+                        .spawn()
+                        .expect("chrt and taskset (util-linux)")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for KeepAwake {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// Empties the node's nat table.
@@ -129,24 +173,36 @@ fn flush_nat(node: &Node) {
     berth_tests::run(flush.args(["-t", "nat", "-F"])).expect("flush nat");
 }
 
-/// Latency of two paths `(target, in the node's cgroup)` measured in
-/// `ROUNDS` interleaved rounds: per path, (one connection, a new
-/// connection per request), each the (p50, p99) medians over the rounds.
-fn rounds(node: &Node, client: &Netns, paths: [(&str, bool); 2]) -> [Latency; 2] {
-    let mut samples = [[(); 4].map(|_| Vec::new()), [(); 4].map(|_| Vec::new())];
-    for _ in 0..ROUNDS {
-        for (path, (target, in_cgroup)) in paths.iter().enumerate() {
-            for (k, new) in [false, true].into_iter().enumerate() {
-                let (p50, p99) = rr(node, client, target, *in_cgroup, new);
+/// Latency of three paths `(client pod, target, in the node's cgroup)`,
+/// measured in `ROUNDS` rounds, the paths back to back in each, in an
+/// order that rotates from round to round: per path, (one connection, a
+/// new connection per request), each the (p50, p99) medians over the
+/// rounds; and the second and third paths' p50 over the first's, each the
+/// median of the rounds' ratios (drift between rounds cancels out).
+fn rounds(node: &Node, paths: [(&Netns, &str, bool); 3]) -> ([Latency; 3], [[f64; 2]; 2]) {
+    let mut samples = [(); 3].map(|_| [(); 4].map(|_| Vec::new()));
+    let mut ratios = [(); 2].map(|_| [Vec::new(), Vec::new()]);
+    for round in 0..ROUNDS {
+        for (k, new) in [false, true].into_iter().enumerate() {
+            let mut p50s = [0.0; 3];
+            for i in 0..3 {
+                let path = (round + i) % 3;
+                let (client, target, in_cgroup) = paths[path];
+                let (p50, p99) = rr(node, client, target, in_cgroup, new);
                 samples[path][2 * k].push(p50);
                 samples[path][2 * k + 1].push(p99);
+                p50s[path] = p50;
+            }
+            for other in 0..2 {
+                ratios[other][k].push(p50s[other + 1] / p50s[0]);
             }
         }
     }
-    samples.map(|mut s| {
+    let latency = samples.map(|mut s| {
         let [a, b, c, d] = &mut s;
         ((median(a), median(b)), (median(c), median(d)))
-    })
+    });
+    (latency, ratios.map(|r| r.map(|mut v| median(&mut v))))
 }
 
 /// (one connection, new connections), each (p50, p99) in µs.
@@ -265,13 +321,21 @@ fn program_maps(maps: &mut LbMaps, n: usize, real: Backend) -> (SocketAddrV4, Du
 /// endpoints (the last one the probe, backed by the server), applied in
 /// the node with one iptables-restore; returns the probe's address and the
 /// restore's time.
-fn program_iptables(node: &Node, n: usize, real: Backend) -> (SocketAddrV4, Duration) {
+fn program_iptables(
+    node: &Node,
+    n: usize,
+    real: Backend,
+    client: Ipv4Addr,
+) -> (SocketAddrV4, Duration) {
     let mut chains = String::from(
         "*nat\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:KUBE-SERVICES - [0:0]\n",
     );
     let mut rules = String::from(
-        "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
-         -A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+        "-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n",
+    );
+    // As kube-proxy's jump, but for one client pod only (see main).
+    rules += &format!(
+        "-A PREROUTING -s {client}/32 -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"
     );
     for i in 0..n {
         let svc = format!("KUBE-SVC-{i:012X}");
@@ -368,23 +432,17 @@ fn report(rows: &[Row]) {
     ] {
         println!("Latency, {title}: p50 / p99 in microseconds");
         println!(
-            "  {:>8}  {:>17}  {:>17}  {:>17}  {:>12}  {:>12}  {:>17}",
-            "services",
-            "direct",
-            "eBPF ClusterIP",
-            "iptables DNAT",
-            "eBPF/direct",
-            "ipt/direct",
-            "direct, ipt rules"
+            "  {:>8}  {:>17}  {:>17}  {:>17}  {:>12}  {:>12}",
+            "services", "direct", "eBPF ClusterIP", "iptables DNAT", "eBPF/direct", "ipt/direct"
         );
         for row in rows {
-            let [d, e, i, l] = if pick == 0 { row.persistent } else { row.fresh };
+            let [d, e, i] = row.latency.map(|l| if pick == 0 { l.0 } else { l.1 });
             println!(
-                "  {:>8}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>12.3}  {:>12.3}  {:>8.1} / {:>6.1}",
-                row.services, d.0, d.1, e.0, e.1, i.0, i.1, e.0 / d.0, i.0 / d.0, l.0, l.1
+                "  {:>8}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>8.1} / {:>6.1}  {:>12.3}  {:>12.3}",
+                row.services, d.0, d.1, e.0, e.1, i.0, i.1, row.ratios[0][pick], row.ratios[1][pick]
             );
         }
-        println!("  (p50 medians of {ROUNDS} interleaved rounds; goal: eBPF <= 1.03 x direct, flat as services grow)\n");
+        println!("  (medians of {ROUNDS} rounds, the three paths back to back in each; a ratio is the median of the rounds' p50 ratios; goal: eBPF <= 1.03 x direct, flat as services grow)\n");
     }
 }
 
@@ -394,7 +452,7 @@ fn plot(rows: &[Row]) -> String {
     let (w, h, left, bottom, top, right) = (640.0, 400.0, 70.0, 50.0, 40.0, 160.0);
     let max = rows
         .iter()
-        .flat_map(|r| r.fresh.iter().map(|p| p.0))
+        .flat_map(|r| r.latency.iter().map(|l| (l.1).0))
         .fold(1.0_f64, f64::max)
         * 1.15;
     let x = |i: usize| left + (w - left - right) * i as f64 / (rows.len().max(2) - 1) as f64;
@@ -437,7 +495,7 @@ fn plot(rows: &[Row]) -> String {
         let points: Vec<String> = rows
             .iter()
             .enumerate()
-            .map(|(i, r)| format!("{:.1},{:.1}", x(i), y(r.fresh[k].0)))
+            .map(|(i, r)| format!("{:.1},{:.1}", x(i), y((r.latency[k].1).0)))
             .collect();
         svg += &format!(
             "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2\" points=\"{}\"/>\n\
