@@ -800,6 +800,31 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
     );
     assert!(entries.iter().any(|e| e["direction"] == "reply"), "{ct}");
 
+    // A NodePort with no endpoint at all refuses a client outside at once
+    // (a reset, not silence until its connect times out).
+    cluster
+        .apply(&json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "empty", "namespace": "default"},
+            "spec": {"type": "NodePort", "ports": [
+                {"name": "tcp", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP", "nodePort": 30081},
+            ]},
+        }))
+        .expect("create a Service without endpoints");
+    for (i, node) in nodes.iter().enumerate() {
+        wait_programmed(&cluster, i, &format!("{}:30081/TCP", node.underlay_ip()), 0);
+        let target = std::net::SocketAddr::from((node.underlay_ip(), 30081));
+        let refused = underlay
+            .run(|| std::net::TcpStream::connect_timeout(&target, Duration::from_secs(5)))
+            .expect("enter the underlay");
+        assert_eq!(
+            refused.map(drop).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "node {}",
+            node.name()
+        );
+    }
+
     // Maglev on request: a flow gets the same backend through every node.
     cluster
         .apply(&json!({

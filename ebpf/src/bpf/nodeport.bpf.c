@@ -15,6 +15,10 @@
  * Translated packets leave through bpf_redirect(_neigh) after a FIB lookup
  * instead of the input path, which would drop a packet arriving from
  * outside with a local source address.
+ *
+ * A frontend with no backend refuses at once: a TCP segment is answered
+ * with a reset (the client's connect fails with "connection refused"),
+ * anything else is dropped.
  */
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -194,6 +198,107 @@ static __always_inline int forward(struct __sk_buff *skb, __be32 saddr, __be32 d
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+/* Bytes of TCP options at most (doff 15). */
+#define TCP_OPTIONS_MAX 40
+
+/*
+ * Turns a TCP segment without payload into the reset that refuses it
+ * (RFC 9293: seq = its ack if it has one, else ack = its seq + SYN + FIN)
+ * and sends it back out of the device it came in on. Checksums are
+ * updated, not recomputed, so that a packet whose checksum is left to the
+ * device (CHECKSUM_PARTIAL, from a veth) stays right as well.
+ */
+static __always_inline int refuse(struct __sk_buff *skb, const struct l4 *at)
+{
+	__u32 csum = at->csum_off;
+	struct ethhdr eth;
+	struct iphdr ip;
+	struct tcphdr tcp;
+	__u8 options[TCP_OPTIONS_MAX] = {};
+	__u16 old_word, new_word, old_len, new_len, tcp_len, opt_len;
+	__be32 seq = 0, ack = 0;
+	__s64 removed;
+	__u16 had_ack;
+
+	if (at->proto != IPPROTO_TCP || at->ip_off != sizeof(eth) ||
+	    at->l4_off != sizeof(eth) + sizeof(ip))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) ||
+	    bpf_skb_load_bytes(skb, at->ip_off, &ip, sizeof(ip)) ||
+	    bpf_skb_load_bytes(skb, at->l4_off, &tcp, sizeof(tcp)))
+		return TC_ACT_SHOT;
+	tcp_len = bpf_ntohs(ip.tot_len) - sizeof(ip);
+	opt_len = tcp.doff * 4 - sizeof(tcp);
+	if (tcp.rst || tcp.doff < 5 || tcp_len != tcp.doff * 4)
+		return TC_ACT_SHOT; /* never answer a reset; no payload */
+	if (opt_len > TCP_OPTIONS_MAX)
+		return TC_ACT_SHOT;
+	if (opt_len && bpf_skb_load_bytes(skb, at->l4_off + sizeof(tcp), options,
+					  opt_len))
+		return TC_ACT_SHOT;
+
+	/* The options go: take their bytes out of the checksum. */
+	removed = bpf_csum_diff((__be32 *)options, TCP_OPTIONS_MAX, NULL, 0, 0);
+	if (removed < 0 || bpf_l4_csum_replace(skb, csum, 0, removed, 0))
+		return TC_ACT_SHOT;
+	old_len = bpf_htons(tcp_len);
+	new_len = bpf_htons(sizeof(tcp));
+	if (bpf_l4_csum_replace(skb, csum, old_len, new_len, BPF_F_PSEUDO_HDR | 2))
+		return TC_ACT_SHOT;
+	had_ack = tcp.ack;
+	if (had_ack)
+		seq = tcp.ack_seq;
+	else
+		ack = bpf_htonl(bpf_ntohl(tcp.seq) + tcp.syn + tcp.fin);
+	/* Word 12 of the header: data offset and flags. */
+	old_word = *((__u16 *)&tcp + 6);
+	__builtin_memset((__u8 *)&tcp + 12, 0, 2);
+	tcp.doff = 5;
+	tcp.rst = 1;
+	tcp.ack = !had_ack;
+	new_word = *((__u16 *)&tcp + 6);
+	if (bpf_l4_csum_replace(skb, csum, tcp.seq, seq, 4) ||
+	    bpf_l4_csum_replace(skb, csum, tcp.ack_seq, ack, 4) ||
+	    bpf_l4_csum_replace(skb, csum, old_word, new_word, 2) ||
+	    bpf_l4_csum_replace(skb, csum, tcp.window, 0, 2) ||
+	    bpf_l4_csum_replace(skb, csum, tcp.urg_ptr, 0, 2))
+		return TC_ACT_SHOT;
+	/* Addresses and ports swap: the checksums' sums do not change. */
+	old_len = ip.tot_len;
+	new_len = bpf_htons(sizeof(ip) + sizeof(tcp));
+	if (bpf_l3_csum_replace(skb, at->ip_off + 10, old_len, new_len, 2))
+		return TC_ACT_SHOT;
+	{
+		struct ethhdr back = {};
+		struct {
+			__be32 saddr;
+			__be32 daddr;
+		} addrs = { ip.daddr, ip.saddr };
+		struct {
+			__be16 source;
+			__be16 dest;
+			__be32 seq;
+			__be32 ack_seq;
+			__u16 word;
+			__be16 window;
+		} head = { tcp.dest, tcp.source, seq, ack, new_word, 0 };
+		__be16 zero = 0;
+
+		__builtin_memcpy(back.h_dest, eth.h_source, ETH_ALEN);
+		__builtin_memcpy(back.h_source, eth.h_dest, ETH_ALEN);
+		back.h_proto = eth.h_proto;
+		if (bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0) ||
+		    bpf_skb_store_bytes(skb, at->ip_off + 2, &new_len, 2, 0) ||
+		    bpf_skb_store_bytes(skb, at->ip_off + 12, &addrs, sizeof(addrs), 0) ||
+		    bpf_skb_store_bytes(skb, at->l4_off, &head, sizeof(head), 0) ||
+		    bpf_skb_store_bytes(skb, at->l4_off + 18, &zero, 2, 0))
+			return TC_ACT_SHOT;
+	}
+	if (bpf_skb_change_tail(skb, sizeof(eth) + sizeof(ip) + sizeof(tcp), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /*
  * A flow's hash for Maglev: the client's address and port, the frontend
  * port and the protocol, not the frontend address, so every node (each
@@ -283,8 +388,9 @@ int berth_nodeport(struct __sk_buff *skb)
 		svc = lb4_lookup_service(key.daddr, key.dport, key.proto);
 		if (!svc)
 			return TC_ACT_OK;
-		/* A frontend without backends refuses. */
-		if (svc->count == 0 || ct_create(&key, svc, &fwd))
+		if (svc->count == 0)
+			return refuse(skb, &at);
+		if (ct_create(&key, svc, &fwd))
 			return TC_ACT_SHOT;
 	}
 	if (rewrite(skb, &at, &key, &fwd))
