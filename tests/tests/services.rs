@@ -801,13 +801,15 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
     assert!(entries.iter().any(|e| e["direction"] == "reply"), "{ct}");
 
     // A NodePort with no endpoint at all refuses a client outside at once
-    // (a reset, not silence until its connect times out).
+    // (a TCP reset, an ICMP port unreachable for UDP; not silence until
+    // the client gives up).
     cluster
         .apply(&json!({
             "apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "empty", "namespace": "default"},
             "spec": {"type": "NodePort", "ports": [
                 {"name": "tcp", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP", "nodePort": 30081},
+                {"name": "udp", "port": 53, "targetPort": UDP_PORT, "protocol": "UDP", "nodePort": 30082},
             ]},
         }))
         .expect("create a Service without endpoints");
@@ -821,6 +823,22 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
             refused.map(drop).map_err(|e| e.kind()),
             Err(std::io::ErrorKind::ConnectionRefused),
             "node {}",
+            node.name()
+        );
+        wait_programmed(&cluster, i, &format!("{}:30082/UDP", node.underlay_ip()), 0);
+        let udp = underlay
+            .run(|| UdpSocket::bind((host, 0)))
+            .expect("enter")
+            .expect("bind");
+        udp.connect((node.underlay_ip(), 30082)).expect("connect");
+        udp.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        udp.send(b"ping").expect("send");
+        let mut buf = [0u8; 64];
+        assert_eq!(
+            udp.recv(&mut buf).map_err(|e| e.kind()),
+            Err(std::io::ErrorKind::ConnectionRefused),
+            "node {}: UDP",
             node.name()
         );
     }

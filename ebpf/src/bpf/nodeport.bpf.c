@@ -16,9 +16,10 @@
  * instead of the input path, which would drop a packet arriving from
  * outside with a local source address.
  *
- * A frontend with no backend refuses at once: a TCP segment is answered
- * with a reset (the client's connect fails with "connection refused"),
- * anything else is dropped.
+ * A frontend with no backend refuses at once, as kube-proxy's REJECT
+ * does: a TCP segment is answered with a reset, a UDP datagram with an
+ * ICMP port unreachable (either way the client sees "connection
+ * refused").
  */
 #include <linux/if_ether.h>
 #include <linux/ip.h>
@@ -208,7 +209,7 @@ static __always_inline int forward(struct __sk_buff *skb, __be32 saddr, __be32 d
  * updated, not recomputed, so that a packet whose checksum is left to the
  * device (CHECKSUM_PARTIAL, from a veth) stays right as well.
  */
-static __always_inline int refuse(struct __sk_buff *skb, const struct l4 *at)
+static __always_inline int refuse_tcp(struct __sk_buff *skb, const struct l4 *at)
 {
 	__u32 csum = at->csum_off;
 	struct ethhdr eth;
@@ -220,8 +221,7 @@ static __always_inline int refuse(struct __sk_buff *skb, const struct l4 *at)
 	__s64 removed;
 	__u16 had_ack;
 
-	if (at->proto != IPPROTO_TCP || at->ip_off != sizeof(eth) ||
-	    at->l4_off != sizeof(eth) + sizeof(ip))
+	if (at->ip_off != sizeof(eth) || at->l4_off != sizeof(eth) + sizeof(ip))
 		return TC_ACT_SHOT;
 	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) ||
 	    bpf_skb_load_bytes(skb, at->ip_off, &ip, sizeof(ip)) ||
@@ -297,6 +297,86 @@ static __always_inline int refuse(struct __sk_buff *skb, const struct l4 *at)
 	if (bpf_skb_change_tail(skb, sizeof(eth) + sizeof(ip) + sizeof(tcp), 0))
 		return TC_ACT_SHOT;
 	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* One's complement sum of `len` bytes (a multiple of 4), folded. */
+static __always_inline __sum16 csum_of(void *bytes, __u32 len)
+{
+	__s64 sum = bpf_csum_diff(NULL, 0, bytes, len, 0);
+	__u32 folded = sum < 0 ? 0 : (__u32)sum;
+
+	folded = (folded & 0xffff) + (folded >> 16);
+	folded = (folded & 0xffff) + (folded >> 16);
+	return (__sum16)~folded;
+}
+
+/* An ICMP destination unreachable header (<linux/icmp.h> needs libc). */
+struct icmp_unreach {
+	__u8 type;
+	__u8 code;
+	__sum16 checksum;
+	__u32 unused;
+};
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_PORT_UNREACH 3
+
+/* An ICMP port unreachable: header, then the datagram's IP header and
+ * first 8 bytes (RFC 792). */
+struct unreachable {
+	struct iphdr ip;
+	struct icmp_unreach icmp;
+	struct iphdr orig_ip;
+	__u8 orig_l4[8];
+};
+
+/*
+ * Turns a UDP datagram into the ICMP port unreachable that refuses it and
+ * sends that back out of the device it came in on. (A packet whose
+ * checksum was left to the device keeps that state; the devices in its
+ * way then pass it as checked, as veths do.)
+ */
+static __always_inline int refuse_udp(struct __sk_buff *skb, const struct l4 *at)
+{
+	struct ethhdr eth, back = {};
+	struct unreachable reply = {};
+
+	if (at->ip_off != sizeof(eth) || at->l4_off != sizeof(eth) + sizeof(struct iphdr))
+		return TC_ACT_SHOT;
+	if (bpf_skb_load_bytes(skb, 0, &eth, sizeof(eth)) ||
+	    bpf_skb_load_bytes(skb, at->ip_off, &reply.orig_ip, sizeof(reply.orig_ip)) ||
+	    bpf_skb_load_bytes(skb, at->l4_off, reply.orig_l4, sizeof(reply.orig_l4)))
+		return TC_ACT_SHOT;
+	reply.icmp.type = ICMP_DEST_UNREACH;
+	reply.icmp.code = ICMP_PORT_UNREACH;
+	reply.icmp.checksum = csum_of(&reply.icmp,
+				      sizeof(reply) - sizeof(reply.ip));
+	reply.ip.version = 4;
+	reply.ip.ihl = 5;
+	reply.ip.tot_len = bpf_htons(sizeof(reply));
+	reply.ip.ttl = 64;
+	reply.ip.protocol = IPPROTO_ICMP;
+	reply.ip.saddr = reply.orig_ip.daddr;
+	reply.ip.daddr = reply.orig_ip.saddr;
+	reply.ip.check = csum_of(&reply.ip, sizeof(reply.ip));
+	__builtin_memcpy(back.h_dest, eth.h_source, ETH_ALEN);
+	__builtin_memcpy(back.h_source, eth.h_dest, ETH_ALEN);
+	back.h_proto = eth.h_proto;
+	if (bpf_skb_change_tail(skb, sizeof(eth) + sizeof(reply), 0) ||
+	    bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0) ||
+	    bpf_skb_store_bytes(skb, sizeof(eth), &reply, sizeof(reply), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
+/* Refuses a packet to a frontend with no backend. */
+static __always_inline int refuse(struct __sk_buff *skb, const struct l4 *at)
+{
+	if (at->proto == IPPROTO_TCP)
+		return refuse_tcp(skb, at);
+	if (at->proto == IPPROTO_UDP)
+		return refuse_udp(skb, at);
+	return TC_ACT_SHOT;
 }
 
 /*
