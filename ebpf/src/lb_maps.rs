@@ -133,6 +133,8 @@ pub struct AffinityEntry {
 pub struct SlotEntry {
     /// Slot number, from 1.
     pub slot: u16,
+    /// Where the slot is in `lb4_slots` (its key there).
+    pub index: u32,
     /// Key into `lb4_backends`.
     pub backend_id: u32,
     /// The backend, or `None` if the id has no entry (an inconsistency the
@@ -682,6 +684,7 @@ impl LbMaps {
                     .enumerate()
                     .map(|(i, id)| SlotEntry {
                         slot: slot_number(i),
+                        index: held.master.slot_base + u32::try_from(i).unwrap_or(u32::MAX),
                         backend_id: *id,
                         backend: self.id_backends.get(id).copied(),
                     })

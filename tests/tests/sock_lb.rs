@@ -152,10 +152,13 @@ fn connect_to_a_virtual_address_is_translated_only_inside_the_node_cgroup() {
         master["key"]["address"],
         u64::from(u32::from_ne_bytes(VIP.octets()))
     );
+    // The listing names each slot's key in lb4_slots (the master's base).
+    let listed = &maps.services().expect("list")[0].slots[0];
+    assert_eq!(master["value"]["slot_base"], u64::from(listed.index));
     let slots = bpftool_dump(node, "lb4_slots");
-    let base = master["value"]["slot_base"].as_u64().expect("slot_base");
-    let slot = &slots[usize::try_from(base).expect("index")]["formatted"];
-    let id = maps.services().expect("list")[0].slots[0].backend_id;
+    let slot = &slots[listed.index as usize]["formatted"];
+    assert_eq!(slot["key"], u64::from(listed.index));
+    let id = listed.backend_id;
     assert_eq!(slot["value"]["backend_id"], u64::from(id));
     let backends = bpftool_dump(node, "lb4_backends");
     let entry = &backends[id as usize]["formatted"]["value"];

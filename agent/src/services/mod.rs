@@ -348,8 +348,8 @@ pub fn list(pin_dir: &Path) -> Result<Vec<ServiceEntry>, berth_ebpf::Error> {
 /// `cilium-dbg bpf lb list`).
 pub fn table(entries: &[ServiceEntry]) -> String {
     let mut out = format!(
-        "{:<28} {:<12} {:<34} {}\n",
-        "FRONTEND", "AFFINITY", "BACKEND (SLOT)", "BACKEND ID"
+        "{:<28} {:<12} {:<34} {:<10} {}\n",
+        "FRONTEND", "AFFINITY", "BACKEND (SLOT)", "SLOT KEY", "BACKEND ID"
     );
     for entry in entries {
         let frontend = entry.frontend.to_string();
@@ -358,8 +358,8 @@ pub fn table(entries: &[ServiceEntry]) -> String {
             .map_or_else(|| "-".to_string(), |t| format!("ClientIP {t}s"));
         if entry.slots.is_empty() {
             out += &format!(
-                "{frontend:<28} {affinity:<12} {:<34} -\n",
-                "(no backend: refused)"
+                "{frontend:<28} {affinity:<12} {:<34} {:<10} -\n",
+                "(no backend: refused)", "-"
             );
         }
         for (i, slot) in entry.slots.iter().enumerate() {
@@ -372,8 +372,9 @@ pub fn table(entries: &[ServiceEntry]) -> String {
                 ("", "")
             };
             out += &format!(
-                "{first:<28} {aff:<12} {:<34} {}\n",
+                "{first:<28} {aff:<12} {:<34} {:<10} {}\n",
                 format!("{backend} ({})", slot.slot),
+                slot.index,
                 slot.backend_id
             );
         }
@@ -559,6 +560,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, b)| SlotEntry {
                     slot: i as u16 + 1,
+                    index: i as u32,
                     backend_id: i as u32 + 1,
                     backend: Some(*b),
                 })
