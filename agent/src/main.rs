@@ -490,6 +490,7 @@ fn start_services(
             pin_dir: config.services.pin_dir.clone(),
             map_sizes: config.services.map_sizes.into(),
             snat,
+            snat_ports: None,
         },
         config.netns.clone(),
         node_ip,

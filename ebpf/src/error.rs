@@ -56,6 +56,16 @@ pub enum Error {
         /// The limit.
         max: usize,
     },
+    /// The ephemeral port range leaves too few ports for translation.
+    #[error(
+        "net.ipv4.ip_local_port_range {}-{} leaves fewer than 1024 ports above or below it for NodePort translation",
+        ephemeral.0,
+        ephemeral.1
+    )]
+    NoSnatPorts {
+        /// The range (first, last).
+        ephemeral: (u16, u16),
+    },
     /// Reading a whole array map returned fewer entries than it has.
     #[error("map {map}: read {read} of its {expected} entries")]
     ShortRead {

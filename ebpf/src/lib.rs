@@ -28,6 +28,9 @@ mod sock_lb;
 
 pub use error::Error;
 pub use lb_maps::{AffinityEntry, LbMaps, MapSizes, ServiceEntry, SlotEntry};
-pub use nodeport::{attach_nodeport, ct_entries, CtEntry, NodePortConfig, NodePortDevices, CT_MAP};
+pub use nodeport::{
+    attach_nodeport, ct_entries, snat_ports_outside, CtEntry, NodePortConfig, NodePortDevices,
+    CT_MAP,
+};
 pub use sock_destroy::destroy_udp_connected_to;
 pub use sock_lb::{SockLb, SockLbConfig};

@@ -42,6 +42,27 @@ pub struct NodePortConfig {
     /// The node's address on the pod network (its bridge's): the source of
     /// translated packets, so backends answer through this node.
     pub snat: Ipv4Addr,
+    /// The source ports translated packets get (first, last); `None`:
+    /// those outside the ephemeral range of the namespace attached in (see
+    /// [`snat_ports_outside`]).
+    pub snat_ports: Option<(u16, u16)>,
+}
+
+/// The ports translation may take as sources, given the node's ephemeral
+/// range (`net.ipv4.ip_local_port_range`, first and last): those above it,
+/// else those from 1024 up to it, whichever side holds at least 1024. The
+/// node's own connections from the same address use the ephemeral range;
+/// the kernel picks their ports without knowing the translator's.
+pub fn snat_ports_outside(ephemeral: (u16, u16)) -> Option<(u16, u16)> {
+    const ENOUGH: u16 = 1024;
+    let (first, last) = ephemeral;
+    if u16::MAX - last >= ENOUGH {
+        Some((last + 1, u16::MAX))
+    } else if first >= 2 * ENOUGH {
+        Some((ENOUGH, first - 1))
+    } else {
+        None
+    }
 }
 
 /// The interfaces, by index in the calling thread's network namespace.
@@ -51,6 +72,22 @@ pub struct NodePortDevices {
     pub underlay: i32,
     /// Where backends' replies arrive: the bridge and the VXLAN device.
     pub replies: Vec<i32>,
+}
+
+/// The ephemeral port range (first, last) of the calling thread's network
+/// namespace.
+fn ephemeral_ports() -> Result<(u16, u16), Error> {
+    let path = "/proc/sys/net/ipv4/ip_local_port_range";
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    let mut ports = text.split_whitespace().map(str::parse::<u16>);
+    match (ports.next(), ports.next()) {
+        (Some(Ok(first)), Some(Ok(last))) if first <= last => Ok((first, last)),
+        _ => Err(Error::io(
+            "parse",
+            path,
+            std::io::Error::new(std::io::ErrorKind::InvalidData, text.trim().to_string()),
+        )),
+    }
 }
 
 /// Loads the translator and attaches it to `devices` in the calling
@@ -70,6 +107,15 @@ pub fn attach_nodeport(config: &NodePortConfig, devices: &NodePortDevices) -> Re
     )?;
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.snat_address = u32::from_ne_bytes(config.snat.octets());
+        let (first, last) = match config.snat_ports {
+            Some(ports) => ports,
+            None => {
+                let ephemeral = ephemeral_ports()?;
+                snat_ports_outside(ephemeral).ok_or(Error::NoSnatPorts { ephemeral })?
+            }
+        };
+        rodata.nat_port_min = first;
+        rodata.nat_port_span = last.saturating_sub(first).saturating_add(1);
     }
     let skel = open.load().map_err(|e| Error::bpf("load nodeport", e))?;
     let mut attachments = vec![(&skel.progs.berth_nodeport, devices.underlay)];
@@ -151,4 +197,16 @@ pub fn ct_entries(pin_dir: &Path) -> Result<Vec<CtEntry>, Error> {
     }
     entries.sort_by_key(|e| (e.direction, e.from, e.to));
     Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snat_ports_stay_out_of_the_ephemeral_range() {
+        assert_eq!(snat_ports_outside((32768, 60999)), Some((61000, 65535)));
+        assert_eq!(snat_ports_outside((10000, 65000)), Some((1024, 9999)));
+        assert_eq!(snat_ports_outside((1024, 65000)), None);
+    }
 }

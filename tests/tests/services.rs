@@ -799,6 +799,17 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
         "{ct}"
     );
     assert!(entries.iter().any(|e| e["direction"] == "reply"), "{ct}");
+    // Translated connections take source ports above the node's ephemeral
+    // range (32768-60999 in a new namespace), which its own connections
+    // from the same address use.
+    for entry in entries.iter().filter(|e| e["direction"] == "original") {
+        let port: u16 = entry["new_from"]
+            .as_str()
+            .and_then(|a| a.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .expect("a translated source");
+        assert!(port >= 61000, "{entry}");
+    }
 
     // A NodePort with no endpoint at all refuses a client outside at once
     // (a TCP reset, an ICMP port unreachable for UDP; not silence until

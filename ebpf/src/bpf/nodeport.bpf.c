@@ -30,15 +30,22 @@
 #include "lb4.h"
 
 #define AF_INET 2
-/* Ports the SNAT draws from (the kernel's default ephemeral range). */
-#define NAT_PORT_MIN 32768
-#define NAT_PORT_SPAN 28232
+/* Free ports SNAT tries before it gives up on a new connection. */
 #define NAT_PORT_TRIES 16
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Set by the loader: this node's pod-network address (the bridge's). */
 const volatile __be32 snat_address = 0;
+/*
+ * Set by the loader: the source ports SNAT draws from, outside the node's
+ * ephemeral range. The node's own connections to pods start from the same
+ * address, with ports the kernel picks from that range without knowing
+ * lb4_ct: sharing it, a backend's answer to one could be taken for the
+ * other's.
+ */
+const volatile __u16 nat_port_min = 0;
+const volatile __u16 nat_port_span = 0;
 
 /* One direction of a translated connection, as it arrives. */
 struct lb4_ct_key {
@@ -428,8 +435,10 @@ static __always_inline int ct_create(const struct lb4_ct_key *key,
 	reply.backend_id = id;
 	reply.flags = LB4_CT_REPLY;
 	reply.created_ns = now;
+	if (nat_port_span == 0)
+		return -1;
 	for (i = 0; i < NAT_PORT_TRIES; i++) {
-		__u16 port = NAT_PORT_MIN + bpf_get_prandom_u32() % NAT_PORT_SPAN;
+		__u16 port = nat_port_min + bpf_get_prandom_u32() % nat_port_span;
 
 		reply_key.dport = bpf_htons(port);
 		if (bpf_map_update_elem(&lb4_ct, &reply_key, &reply, BPF_NOEXIST) == 0)
