@@ -106,6 +106,14 @@ pub fn link_peer(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// A link's alias (`ip link set … alias`).
+pub fn link_alias(link: &LinkMessage) -> Option<&str> {
+    link.attributes.iter().find_map(|a| match a {
+        LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
+        _ => None,
+    })
+}
+
 /// A link's name.
 pub fn link_name(link: &LinkMessage) -> Option<&str> {
     link.attributes.iter().find_map(|a| match a {

@@ -25,8 +25,8 @@ use crate::error::{CniError, Code, Result};
 use crate::ipam::Leases;
 use crate::masq;
 use crate::netlink::{
-    self, errno, link_by_index, link_by_name, link_controller, link_mac, link_mtu, link_name,
-    link_peer,
+    self, errno, link_alias, link_by_index, link_by_name, link_controller, link_mac, link_mtu,
+    link_name, link_peer,
 };
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::retire;
@@ -118,13 +118,6 @@ fn is_ours(link: &LinkMessage, alias: Option<&str>) -> bool {
                 && link_controller(link).is_none()
         }
     }
-}
-
-fn link_alias(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
-        _ => None,
-    })
 }
 
 /// The host end's name for an attachment: stable, so DEL and GC find it

@@ -14,10 +14,10 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::LinkMessage;
 use rtnetlink::{Handle, LinkUnspec};
 
-use crate::netlink::{self, errno};
+use crate::netlink::{self, errno, link_alias};
 
 /// Alias prefix of a retired host end: `berth-cni-retired/<network>/…`.
 const RETIRED_PREFIX: &str = "berth-cni-retired/";
@@ -34,17 +34,10 @@ pub fn retired_alias(alias: &str) -> String {
 
 /// Whether `link` is a host end of `network` that a DEL retired.
 pub fn is_retired(link: &LinkMessage, network: &str) -> bool {
-    alias(link).is_some_and(|a| {
+    link_alias(link).is_some_and(|a| {
         a.strip_prefix(RETIRED_PREFIX)
             .and_then(|rest| rest.strip_prefix(network))
             .is_some_and(|rest| rest.starts_with('/'))
-    })
-}
-
-fn alias(link: &LinkMessage) -> Option<&str> {
-    link.attributes.iter().find_map(|a| match a {
-        LinkAttribute::IfAlias(alias) => Some(alias.as_str()),
-        _ => None,
     })
 }
 
@@ -95,7 +88,7 @@ pub fn reap(index: &str, retired: &str) -> Result<(), String> {
             Ok(None) => return Ok(()),
             Err(e) => return Err(format!("read link {index}: {e}")),
         };
-        if alias(&link) != Some(retired) {
+        if link_alias(&link) != Some(retired) {
             return Ok(());
         }
         match host.link().del(index).execute().await {
@@ -108,6 +101,7 @@ pub fn reap(index: &str, retired: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_route::link::LinkAttribute;
 
     fn with_alias(alias: &str) -> LinkMessage {
         let mut link = LinkMessage::default();
