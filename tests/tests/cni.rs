@@ -267,7 +267,7 @@ fn del_takes_the_pair_out_of_service_at_once_and_leaves_its_deletion_to_a_reaper
         .as_str()
         .expect("host end")
         .to_string();
-    setup.add("ctr-b", &pod_b, &conf);
+    let b = setup.add("ctr-b", &pod_b, &conf);
 
     // Right after DEL the pair is gone or retired (down, no longer
     // forwarding) and its address released; the next ADD may use the same
@@ -299,8 +299,8 @@ fn del_takes_the_pair_out_of_service_at_once_and_leaves_its_deletion_to_a_reaper
     // A pair retired by a DEL whose reaper never ran: the next ADD in that
     // namespace deletes it; GC deletes any other.
     let c_end = again["interfaces"][1]["name"].as_str().expect("host end");
-    let b_end = host_veth(&setup, &pod_b);
-    for (end, owner) in [(c_end, "ctr-c"), (b_end.as_str(), "ctr-b")] {
+    let b_end = b["interfaces"][1]["name"].as_str().expect("host end");
+    for (end, owner) in [(c_end, "ctr-c"), (b_end, "ctr-b")] {
         node.netns()
             .ip(&[
                 "link",
@@ -324,32 +324,11 @@ fn del_takes_the_pair_out_of_service_at_once_and_leaves_its_deletion_to_a_reaper
     ]);
     assert!(setup.call("GC", "", None, &gc).success);
     assert!(
-        !setup.host_veths().contains(&b_end),
+        !setup.host_veths().contains(b_end),
         "GC left a retired pair"
     );
     assert!(setup.retired_veths().is_empty());
     assert_eq!(setup.host_veths().len(), 2, "ctr-d and ctr-e stay");
-}
-
-/// The host end of the pair whose other end is `pod`'s eth0.
-fn host_veth(setup: &Setup, pod: &Netns) -> String {
-    let out = pod.ip(&["-j", "link", "show", "eth0"]).expect("eth0");
-    let link: Value = serde_json::from_str(&out).expect("ip -j");
-    let peer = link[0]["link_index"].as_u64().expect("peer index");
-    let out = setup
-        .node()
-        .netns()
-        .ip(&["-j", "link", "show"])
-        .expect("links");
-    let links: Value = serde_json::from_str(&out).expect("ip -j");
-    links
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|l| l["ifindex"].as_u64() == Some(peer))
-        .and_then(|l| l["ifname"].as_str())
-        .expect("host end")
-        .to_string()
 }
 
 #[test]

@@ -120,19 +120,22 @@ fn ready() -> Value {
     json!({"ready": true})
 }
 
+/// `berth-agent bpf ARGS --pin-dir …` on node `i`: its output; panics if
+/// it fails.
+fn bpf(cluster: &Cluster, i: usize, args: &[&str]) -> String {
+    let pins = cluster.testbed().nodes()[i].pin_dir().display().to_string();
+    berth_tests::run(
+        std::process::Command::new(workspace_bin("berth-agent"))
+            .arg("bpf")
+            .args(args)
+            .args(["--pin-dir", &pins]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 /// `berth-agent bpf lb list -o json` on node `i`.
 fn lb_list(cluster: &Cluster, i: usize) -> Value {
-    let pins = cluster.testbed().nodes()[i].pin_dir().display().to_string();
-    let out = std::process::Command::new(workspace_bin("berth-agent"))
-        .args(["bpf", "lb", "list", "-o", "json", "--pin-dir", &pins])
-        .output()
-        .expect("berth-agent bpf lb list");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    serde_json::from_str(&bpf(cluster, i, &["lb", "list", "-o", "json"])).expect("json")
 }
 
 /// The backends node `i` holds for `frontend` (`IP:PORT/PROTO`).
@@ -169,18 +172,7 @@ fn wait_programmed(cluster: &Cluster, i: usize, frontend: &str, backends: usize)
 
 /// `berth-agent bpf lb explain FRONTEND` on node 0.
 fn explain(cluster: &Cluster, frontend: &str, extra: &[&str]) -> String {
-    let pins = cluster.testbed().nodes()[0].pin_dir().display().to_string();
-    let out = std::process::Command::new(workspace_bin("berth-agent"))
-        .args(["bpf", "lb", "explain", frontend, "--pin-dir", &pins])
-        .args(extra)
-        .output()
-        .expect("bpf lb explain");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    bpf(cluster, 0, &[&["lb", "explain", frontend], extra].concat())
 }
 
 /// How often each reply's first word came back.
@@ -381,12 +373,7 @@ fn cluster_ip_spreads_tcp_and_udp_over_nodes_and_follows_endpoint_changes() {
     );
 
     // The table view for people.
-    let pins = cluster.testbed().nodes()[0].pin_dir().display().to_string();
-    let table = std::process::Command::new(workspace_bin("berth-agent"))
-        .args(["bpf", "lb", "list", "--pin-dir", &pins])
-        .output()
-        .expect("bpf lb list");
-    let table = String::from_utf8_lossy(&table.stdout);
+    let table = bpf(&cluster, 0, &["lb", "list"]);
     assert!(
         table.contains(&tcp_frontend) && table.contains("refused"),
         "{table}"
@@ -440,12 +427,8 @@ fn client_ip_affinity_pins_each_client_pod_until_it_is_turned_off() {
         );
         assert_eq!(counts.len(), 1, "one client, several backends: {counts:?}");
     }
-    let pins = cluster.testbed().nodes()[0].pin_dir().display().to_string();
-    let listed = std::process::Command::new(workspace_bin("berth-agent"))
-        .args(["bpf", "affinity", "list", "-o", "json", "--pin-dir", &pins])
-        .output()
-        .expect("bpf affinity list");
-    let listed: Value = serde_json::from_slice(&listed.stdout).expect("json");
+    let listed: Value =
+        serde_json::from_str(&bpf(&cluster, 0, &["affinity", "list", "-o", "json"])).expect("json");
     let clients = listed.as_array().expect("a list");
     assert_eq!(clients.len(), 2, "{listed}");
     assert!(
@@ -677,17 +660,7 @@ fn a_full_map_is_reported_and_counted_and_other_services_still_programmed() {
 
 /// `berth-agent bpf ct list -o json` on node `i`.
 fn ct_list(cluster: &Cluster, i: usize) -> Value {
-    let pins = cluster.testbed().nodes()[i].pin_dir().display().to_string();
-    let out = std::process::Command::new(workspace_bin("berth-agent"))
-        .args(["bpf", "ct", "list", "-o", "json", "--pin-dir", &pins])
-        .output()
-        .expect("berth-agent bpf ct list");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    serde_json::from_str(&bpf(cluster, i, &["ct", "list", "-o", "json"])).expect("json")
 }
 
 #[test]

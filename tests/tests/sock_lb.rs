@@ -45,20 +45,23 @@ fn program_one(lb: &SockLb, frontend: &Frontend, backend: SocketAddrV4) {
         .expect("program");
 }
 
-/// `bpftool -j map dump pinned` of one of the node's maps: its entries.
+/// `bpftool -j map VERB pinned` of one of the node's maps (`show`, `dump`).
+fn bpftool(node: &Node, verb: &str, map: &str) -> serde_json::Value {
+    let out = berth_tests::run(
+        Command::new("bpftool")
+            .args(["-j", "map", verb, "pinned"])
+            .arg(node.pin_dir().join(map)),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    serde_json::from_str(&out).expect("bpftool JSON")
+}
+
+/// The entries of one of the node's maps, as bpftool prints them.
 fn bpftool_dump(node: &Node, map: &str) -> Vec<serde_json::Value> {
-    let dump = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(node.pin_dir().join(map))
-        .output()
-        .expect("run bpftool");
-    assert!(
-        dump.status.success(),
-        "{}",
-        String::from_utf8_lossy(&dump.stderr)
-    );
-    let entries: serde_json::Value = serde_json::from_slice(&dump.stdout).expect("bpftool JSON");
-    entries.as_array().expect("array of entries").clone()
+    bpftool(node, "dump", map)
+        .as_array()
+        .expect("array of entries")
+        .clone()
 }
 
 /// A TCP server on the node's loopback that answers each connection with
@@ -324,12 +327,7 @@ fn maps_pinned_with_an_older_layout_are_recreated() {
     program_one(&lb, &frontend, backend);
     let out = nc(node, frontend.addr, true);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "new layout\n");
-    let info = Command::new("bpftool")
-        .args(["-j", "map", "show", "pinned"])
-        .arg(&old)
-        .output()
-        .expect("bpftool");
-    let info: serde_json::Value = serde_json::from_slice(&info.stdout).expect("bpftool JSON");
+    let info = bpftool(node, "show", "lb4_services");
     assert_eq!(info["bytes_key"], 8, "{info}");
 }
 

@@ -206,6 +206,22 @@ static __always_inline int forward(struct __sk_buff *skb, __be32 saddr, __be32 d
 	return bpf_redirect(fib.ifindex, 0);
 }
 
+/*
+ * Sends a packet made from one that came in (its Ethernet header `eth`,
+ * as it arrived) back to where it came from: MACs swapped, out of the
+ * device it came in on.
+ */
+static __always_inline int bounce(struct __sk_buff *skb, const struct ethhdr *eth)
+{
+	struct ethhdr back = { .h_proto = eth->h_proto };
+
+	__builtin_memcpy(back.h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(back.h_source, eth->h_dest, ETH_ALEN);
+	if (bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0))
+		return TC_ACT_SHOT;
+	return bpf_redirect(skb->ifindex, 0);
+}
+
 /* Bytes of TCP options at most (doff 15). */
 #define TCP_OPTIONS_MAX 40
 
@@ -224,7 +240,8 @@ static __always_inline int refuse_tcp(struct __sk_buff *skb, const struct l4 *at
 	struct tcphdr tcp;
 	__u8 options[TCP_OPTIONS_MAX] = {};
 	__u16 old_word, new_word, old_len, new_len, tcp_len, opt_len;
-	__be32 seq = 0, ack = 0;
+	__be32 seq = 0, ack = 0, client;
+	__be16 port;
 	__s64 removed;
 	__u16 had_ack;
 
@@ -270,40 +287,33 @@ static __always_inline int refuse_tcp(struct __sk_buff *skb, const struct l4 *at
 	    bpf_l4_csum_replace(skb, csum, tcp.window, 0, 2) ||
 	    bpf_l4_csum_replace(skb, csum, tcp.urg_ptr, 0, 2))
 		return TC_ACT_SHOT;
-	/* Addresses and ports swap: the checksums' sums do not change. */
 	old_len = ip.tot_len;
 	new_len = bpf_htons(sizeof(ip) + sizeof(tcp));
 	if (bpf_l3_csum_replace(skb, at->ip_off + 10, old_len, new_len, 2))
 		return TC_ACT_SHOT;
-	{
-		struct ethhdr back = {};
-		struct {
-			__be32 saddr;
-			__be32 daddr;
-		} addrs = { ip.daddr, ip.saddr };
-		struct {
-			__be16 source;
-			__be16 dest;
-			__be32 seq;
-			__be32 ack_seq;
-			__u16 word;
-			__be16 window;
-		} head = { tcp.dest, tcp.source, seq, ack, new_word, 0 };
-		__be16 zero = 0;
-
-		__builtin_memcpy(back.h_dest, eth.h_source, ETH_ALEN);
-		__builtin_memcpy(back.h_source, eth.h_dest, ETH_ALEN);
-		back.h_proto = eth.h_proto;
-		if (bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0) ||
-		    bpf_skb_store_bytes(skb, at->ip_off + 2, &new_len, 2, 0) ||
-		    bpf_skb_store_bytes(skb, at->ip_off + 12, &addrs, sizeof(addrs), 0) ||
-		    bpf_skb_store_bytes(skb, at->l4_off, &head, sizeof(head), 0) ||
-		    bpf_skb_store_bytes(skb, at->l4_off + 18, &zero, 2, 0))
-			return TC_ACT_SHOT;
-	}
+	/* Addresses and ports swap: the checksums' sums do not change. */
+	ip.tot_len = new_len;
+	client = ip.saddr;
+	ip.saddr = ip.daddr;
+	ip.daddr = client;
+	port = tcp.source;
+	tcp.source = tcp.dest;
+	tcp.dest = port;
+	tcp.seq = seq;
+	tcp.ack_seq = ack;
+	tcp.window = 0;
+	tcp.urg_ptr = 0;
+	/* Everything but the checksums, updated in the packet above. */
+	if (bpf_skb_store_bytes(skb, at->ip_off, &ip, offsetof(struct iphdr, check), 0) ||
+	    bpf_skb_store_bytes(skb, at->ip_off + offsetof(struct iphdr, saddr), &ip.saddr,
+				2 * sizeof(ip.saddr), 0) ||
+	    bpf_skb_store_bytes(skb, at->l4_off, &tcp, offsetof(struct tcphdr, check), 0) ||
+	    bpf_skb_store_bytes(skb, at->l4_off + offsetof(struct tcphdr, urg_ptr), &tcp.urg_ptr,
+				sizeof(tcp.urg_ptr), 0))
+		return TC_ACT_SHOT;
 	if (bpf_skb_change_tail(skb, sizeof(eth) + sizeof(ip) + sizeof(tcp), 0))
 		return TC_ACT_SHOT;
-	return bpf_redirect(skb->ifindex, 0);
+	return bounce(skb, &eth);
 }
 
 /* One's complement sum of `len` bytes (a multiple of 4), folded. */
@@ -345,7 +355,7 @@ struct unreachable {
  */
 static __always_inline int refuse_udp(struct __sk_buff *skb, const struct l4 *at)
 {
-	struct ethhdr eth, back = {};
+	struct ethhdr eth;
 	struct unreachable reply = {};
 
 	if (at->ip_off != sizeof(eth) || at->l4_off != sizeof(eth) + sizeof(struct iphdr))
@@ -366,14 +376,10 @@ static __always_inline int refuse_udp(struct __sk_buff *skb, const struct l4 *at
 	reply.ip.saddr = reply.orig_ip.daddr;
 	reply.ip.daddr = reply.orig_ip.saddr;
 	reply.ip.check = csum_of(&reply.ip, sizeof(reply.ip));
-	__builtin_memcpy(back.h_dest, eth.h_source, ETH_ALEN);
-	__builtin_memcpy(back.h_source, eth.h_dest, ETH_ALEN);
-	back.h_proto = eth.h_proto;
 	if (bpf_skb_change_tail(skb, sizeof(eth) + sizeof(reply), 0) ||
-	    bpf_skb_store_bytes(skb, 0, &back, sizeof(back), 0) ||
 	    bpf_skb_store_bytes(skb, sizeof(eth), &reply, sizeof(reply), 0))
 		return TC_ACT_SHOT;
-	return bpf_redirect(skb->ifindex, 0);
+	return bounce(skb, &eth);
 }
 
 /* Refuses a packet to a frontend with no backend. */
