@@ -1,8 +1,11 @@
 //! `cargo xtask bench overlay`: the pod network on two simulated nodes with
 //! berth-control and agents, in one run:
 //! - TCP throughput (iperf3) pod → pod across nodes (VXLAN) against the
-//!   same-node path (veth + bridge);
-//! - request/response latency (1-byte TCP ping-pong) on both paths;
+//!   same-node path (veth + bridge), client and server on different CPUs;
+//!   and each path's CPU cost per byte: client, server and the whole path
+//!   on one CPU, with a congestion control that does not pace;
+//! - request/response latency (1-byte TCP ping-pong) on both paths, with
+//!   client and server on one CPU and on two;
 //! - CNI ADD and DEL latency of berth-cni against Debian's reference
 //!   `bridge` + `host-local` plugins (containernetworking-plugins), each
 //!   called as a runtime calls it (a process per call, in the node).
@@ -19,10 +22,13 @@ use std::time::{Duration, Instant};
 use berth_tests::cluster::{Cluster, ClusterConfig};
 use berth_tests::cni::{call, workspace_bin};
 use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 const IPERF_SECONDS: u32 = 4;
-const IPERF_ROUNDS: usize = 3;
+const IPERF_ROUNDS: usize = 5;
+const CPU_COST_ROUNDS: usize = 5;
 const ROUND_TRIPS: usize = 20_000;
 const CNI_CALLS: usize = 100;
 /// Where Debian installs the reference plugins.
@@ -43,7 +49,10 @@ fn main() {
     cluster.wait_overlay(0, &[1]).expect("overlay");
     cluster.wait_overlay(1, &[0]).expect("overlay");
 
-    println!("Pod network on 2 simulated nodes (netns on one kernel, 2 cores; underlay = veth + bridge, MTU 1500)\n");
+    println!(
+        "Pod network on 2 simulated nodes (netns on one kernel, {} CPUs; underlay = veth + bridge, MTU 1500)\n",
+        cpus()
+    );
     throughput(
         &client,
         [
@@ -94,28 +103,71 @@ fn iperf_server(pod: &Netns, ip: Ipv4Addr) -> IperfServer {
     IperfServer(child)
 }
 
-fn iperf(client: &Netns, server: Ipv4Addr) -> f64 {
-    let out = client
-        .command("iperf3")
-        .expect("command")
-        .args([
-            "-c",
-            &server.to_string(),
-            "-t",
-            &IPERF_SECONDS.to_string(),
-            "-J",
-        ])
-        .output()
-        .expect("iperf3 -c");
+/// Where a run places its two ends and which congestion control it uses.
+struct Setup {
+    /// CPU of the client; of the server.
+    cpus: (usize, usize),
+    /// `None`: the namespace's default.
+    congestion: Option<&'static str>,
+}
+
+/// One iperf3 run: Gbit/s received and segments retransmitted.
+fn iperf(client: &Netns, server: Ipv4Addr, setup: &Setup) -> (f64, f64) {
+    let mut command = client.command("iperf3").expect("command");
+    command.args([
+        "-c",
+        &server.to_string(),
+        "-t",
+        &IPERF_SECONDS.to_string(),
+        "-J",
+        "-A",
+        &format!("{},{}", setup.cpus.0, setup.cpus.1),
+    ]);
+    if let Some(congestion) = setup.congestion {
+        command.args(["-C", congestion]);
+    }
+    let out = command.output().expect("iperf3 -c");
     let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    report["end"]["sum_received"]["bits_per_second"]
+    let received = report["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .unwrap_or_else(|| {
             panic!(
                 "iperf3 to {server} failed: {}",
                 String::from_utf8_lossy(&out.stdout)
             )
-        })
+        });
+    let retransmits = report["end"]["sum_sent"]["retransmits"]
+        .as_f64()
+        .unwrap_or(f64::NAN);
+    (received / 1e9, retransmits)
+}
+
+/// Medians over interleaved rounds (drift on the machine affects both
+/// paths alike) of throughput and retransmits, per path.
+fn rounds(
+    client: &Netns,
+    paths: &[(&str, &Netns, Ipv4Addr); 2],
+    setup: &Setup,
+    count: usize,
+) -> [(f64, f64); 2] {
+    let mut results = [(Vec::new(), Vec::new()), (Vec::new(), Vec::new())];
+    for _ in 0..count {
+        for (i, (_, _, ip)) in paths.iter().enumerate() {
+            let (rate, retransmits) = iperf(client, *ip, setup);
+            results[i].0.push(rate);
+            results[i].1.push(retransmits);
+        }
+    }
+    results.map(|(mut rates, mut retransmits)| (median(&mut rates), median(&mut retransmits)))
+}
+
+/// The namespace's default TCP congestion control.
+fn congestion_control(netns: &Netns) -> String {
+    netns
+        .run(|| std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control"))
+        .expect("enter the pod")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }
 
 fn throughput(client: &Netns, paths: [(&str, &Netns, Ipv4Addr); 2]) {
@@ -123,34 +175,75 @@ fn throughput(client: &Netns, paths: [(&str, &Netns, Ipv4Addr); 2]) {
         .iter()
         .map(|(_, pod, ip)| iperf_server(pod, *ip))
         .collect();
-    let mut results = [Vec::new(), Vec::new()];
-    // Interleaved rounds: drift on the machine affects both paths alike.
-    for _ in 0..IPERF_ROUNDS {
-        for (i, (_, _, ip)) in paths.iter().enumerate() {
-            results[i].push(iperf(client, *ip) / 1e9);
-        }
+    let other_cpu = usize::from(cpus() > 1);
+    let default_cc = congestion_control(client);
+    let [same, cross] = rounds(
+        client,
+        &paths,
+        &Setup {
+            cpus: (0, other_cpu),
+            congestion: None,
+        },
+        IPERF_ROUNDS,
+    );
+    println!(
+        "TCP throughput, pod -> pod (iperf3, {IPERF_SECONDS} s x {IPERF_ROUNDS} rounds, median; client on CPU 0, server on CPU {other_cpu}; congestion control: the pods' default, {default_cc})"
+    );
+    for (label, (rate, retransmits)) in [(paths[0].0, same), (paths[1].0, cross)] {
+        println!("  {label:<28} {rate:>7.2} Gbit/s   {retransmits:>7.0} segments retransmitted");
     }
     println!(
-        "TCP throughput, pod -> pod (iperf3, {IPERF_SECONDS} s x {IPERF_ROUNDS} rounds, median)"
+        "  ratio cross/same             {:>7.2}   (goal >= 0.90)",
+        cross.0 / same.0
     );
-    let same = median(&mut results[0]);
-    let cross = median(&mut results[1]);
-    println!("  {:<28} {same:>7.2} Gbit/s", paths[0].0);
-    println!("  {:<28} {cross:>7.2} Gbit/s", paths[1].0);
+    // Both ends and every hop of the path on one CPU, with a congestion
+    // control that does not pace (cubic): the CPU is the only limit, so the
+    // ratio is the paths' cost per byte, free of scheduling and of the
+    // vCPUs' wake-up latency that shape the run above.
+    let [same, cross] = rounds(
+        client,
+        &paths,
+        &Setup {
+            cpus: (other_cpu, other_cpu),
+            congestion: Some("cubic"),
+        },
+        CPU_COST_ROUNDS,
+    );
     println!(
-        "  ratio cross/same             {:>7.2}   (goal >= 0.90)\n",
-        cross / same
+        "CPU cost per byte (client, server and the whole path on CPU {other_cpu}; cubic, which does not pace: the CPU is the only limit; {CPU_COST_ROUNDS} rounds, median)"
     );
+    for (label, (rate, _)) in [(paths[0].0, same), (paths[1].0, cross)] {
+        println!("  {label:<28} {rate:>7.2} Gbit/s");
+    }
+    println!(
+        "  cross-node cost per byte     {:>7.2} x same-node",
+        same.0 / cross.0
+    );
+    println!("  (both simulated nodes share this machine's CPUs: the cross-node path's encapsulation, underlay and decapsulation run beside everything else; on separate machines each node's half runs on its own CPUs)\n");
 }
 
-/// Round-trip times (µs) of 1-byte exchanges over one TCP connection.
-fn round_trips(client: &Netns, server: &Netns, ip: Ipv4Addr) -> Vec<f64> {
+/// The machine's CPU count (1 when unknown).
+fn cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// Binds the calling thread to `cpu`.
+fn pin_to(cpu: usize) {
+    let mut set = CpuSet::new();
+    set.set(cpu).expect("cpu index");
+    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
+}
+
+/// Round-trip times (µs) of 1-byte exchanges over one TCP connection, the
+/// client's thread on CPU `cpus.0`, the server's on `cpus.1`.
+fn round_trips(client: &Netns, server: &Netns, ip: Ipv4Addr, cpus: (usize, usize)) -> Vec<f64> {
     let listener = server
         .run(|| TcpListener::bind((ip, 0)))
         .expect("enter")
         .expect("listen");
     let target = listener.local_addr().expect("address");
     let echo = std::thread::spawn(move || {
+        pin_to(cpus.1);
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_nodelay(true).expect("nodelay");
         let mut byte = [0u8; 1];
@@ -165,41 +258,59 @@ fn round_trips(client: &Netns, server: &Netns, ip: Ipv4Addr) -> Vec<f64> {
         .expect("enter")
         .expect("connect");
     conn.set_nodelay(true).expect("nodelay");
-    let mut byte = [0u8; 1];
-    let mut samples = Vec::with_capacity(ROUND_TRIPS);
-    for i in 0..ROUND_TRIPS + 1000 {
-        let start = Instant::now();
-        conn.write_all(&[1]).expect("write");
-        conn.read_exact(&mut byte).expect("read");
-        // The first 1000 warm the path up (ARP, caches).
-        if i >= 1000 {
-            samples.push(start.elapsed().as_secs_f64() * 1e6);
-        }
-    }
+    let samples = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                pin_to(cpus.0);
+                let mut byte = [0u8; 1];
+                let mut samples = Vec::with_capacity(ROUND_TRIPS);
+                for i in 0..ROUND_TRIPS + 1000 {
+                    let start = Instant::now();
+                    conn.write_all(&[1]).expect("write");
+                    conn.read_exact(&mut byte).expect("read");
+                    // The first 1000 warm the path up (ARP, caches).
+                    if i >= 1000 {
+                        samples.push(start.elapsed().as_secs_f64() * 1e6);
+                    }
+                }
+                samples.sort_by(f64::total_cmp);
+                samples
+            })
+            .join()
+            .expect("client thread")
+    });
     drop(conn);
     let _ = echo.join();
-    samples.sort_by(f64::total_cmp);
     samples
 }
 
 fn latency(client: &Netns, paths: [(&str, &Netns, Ipv4Addr); 2]) {
-    println!(
-        "Request/response latency, pod -> pod (1-byte TCP ping-pong, {ROUND_TRIPS} round trips)"
-    );
-    let same = round_trips(client, paths[0].1, paths[0].2);
-    let cross = round_trips(client, paths[1].1, paths[1].2);
-    for (label, samples) in [(paths[0].0, &same), (paths[1].0, &cross)] {
+    let other_cpu = usize::from(cpus() > 1);
+    // On one CPU the round trip is the path's own time; across CPUs it adds
+    // a wake-up of the other (on this VM a halted vCPU's wake-up, tens of
+    // µs, dominates).
+    for (placement, cpus) in [
+        ("client and server on one CPU", (other_cpu, other_cpu)),
+        ("client and server on two CPUs", (0, other_cpu)),
+    ] {
         println!(
-            "  {label:<28} p50 {:>6.1} us   p99 {:>6.1} us",
-            percentile(samples, 0.5),
-            percentile(samples, 0.99)
+            "Request/response latency, pod -> pod (1-byte TCP ping-pong, {ROUND_TRIPS} round trips; {placement})"
+        );
+        let same = round_trips(client, paths[0].1, paths[0].2, cpus);
+        let cross = round_trips(client, paths[1].1, paths[1].2, cpus);
+        for (label, samples) in [(paths[0].0, &same), (paths[1].0, &cross)] {
+            println!(
+                "  {label:<28} p50 {:>6.1} us   p99 {:>6.1} us",
+                percentile(samples, 0.5),
+                percentile(samples, 0.99)
+            );
+        }
+        println!(
+            "  ratio cross/same             p50 {:>6.2}      p99 {:>6.2}\n",
+            percentile(&cross, 0.5) / percentile(&same, 0.5),
+            percentile(&cross, 0.99) / percentile(&same, 0.99)
         );
     }
-    println!(
-        "  ratio cross/same             p50 {:>6.2}      p99 {:>6.2}\n",
-        percentile(&cross, 0.5) / percentile(&same, 0.5),
-        percentile(&cross, 0.99) / percentile(&same, 0.99)
-    );
 }
 
 /// ADD and DEL times (ms) of `plugin` with `conf`, on fresh pod namespaces,

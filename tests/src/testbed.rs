@@ -128,6 +128,7 @@ impl Testbed {
         let underlay = Netns::create(&format!("{prefix}-ul"))?;
         underlay.ip(&["link", "add", UNDERLAY_BRIDGE, "type", "bridge"])?;
         underlay.ip(&["link", "set", UNDERLAY_BRIDGE, "up"])?;
+        underlay.run(switch_without_netfilter)??;
 
         let mut testbed = Testbed {
             prefix,
@@ -208,4 +209,21 @@ impl Testbed {
         self.cgroup_root.keep();
         self.pin_root.keep();
     }
+}
+
+/// The underlay stands for the network between machines, which runs none of
+/// the nodes' firewalls: where `br_netfilter` is loaded, a new namespace's
+/// bridges pass every frame through iptables and connection tracking
+/// (`net.bridge.bridge-nf-call-*` = 1); turn that off for the underlay's.
+/// Runs inside the underlay namespace.
+fn switch_without_netfilter() -> Result<(), Error> {
+    for table in ["iptables", "ip6tables", "arptables"] {
+        let path = format!("/proc/sys/net/bridge/bridge-nf-call-{table}");
+        match std::fs::write(&path, "0") {
+            // Without br_netfilter there is nothing to turn off.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            result => result.map_err(|e| Error::io("write sysctl", &path, e))?,
+        }
+    }
+    Ok(())
 }

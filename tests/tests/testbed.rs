@@ -46,6 +46,20 @@ fn two_nodes_reach_each_other_over_the_underlay() {
     let peer = server.join().expect("server thread");
     assert_eq!(peer.ip(), std::net::IpAddr::V4(n0.underlay_ip()));
 
+    // The underlay is a plain switch: its bridge hands no frame to
+    // netfilter, whatever the machine's (or a new namespace's) default; the
+    // root namespace's setting is left as it was.
+    let bridge_nf = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let root_before = std::fs::read_to_string(bridge_nf).ok();
+    let underlay = testbed
+        .underlay()
+        .run(|| std::fs::read_to_string(bridge_nf).ok())
+        .expect("enter the underlay");
+    if let Some(value) = underlay {
+        assert_eq!(value.trim(), "0", "the underlay's bridge calls iptables");
+    }
+    assert_eq!(std::fs::read_to_string(bridge_nf).ok(), root_before);
+
     // The underlay exists only inside the testbed's namespaces.
     let root_addrs = run(std::process::Command::new("ip").args(["-o", "addr"])).expect("ip addr");
     assert!(
