@@ -98,6 +98,14 @@ async fn first_link(request: LinkGetRequest) -> Result<Option<LinkMessage>, rtne
     }
 }
 
+/// Deletes the link with index `index`; one already gone is fine.
+pub async fn delete_link(handle: &Handle, index: u32) -> Result<(), rtnetlink::Error> {
+    match handle.link().del(index).execute().await {
+        Err(e) if errno(&e) == Some(libc::ENODEV) => Ok(()),
+        other => other,
+    }
+}
+
 /// The index of a veth's peer (in the peer's namespace).
 pub fn link_peer(link: &LinkMessage) -> Option<u32> {
     link.attributes.iter().find_map(|a| match a {

@@ -25,8 +25,8 @@ use crate::error::{CniError, Code, Result};
 use crate::ipam::Leases;
 use crate::masq;
 use crate::netlink::{
-    self, errno, link_alias, link_by_index, link_by_name, link_controller, link_mac, link_mtu,
-    link_name, link_peer,
+    self, delete_link, errno, link_alias, link_by_index, link_by_name, link_controller, link_mac,
+    link_mtu, link_name, link_peer,
 };
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::retire;
@@ -520,10 +520,8 @@ async fn undo_wiring(host: &Handle, conf: &NetConf, owner: &Attachment) {
             tracing::warn!(link = %name, "not removing a link this attachment did not make");
             return;
         }
-        if let Err(e) = host.link().del(link.header.index).execute().await {
-            if errno(&e) != Some(libc::ENODEV) {
-                tracing::warn!(link = %name, error = %e, "cannot remove veth");
-            }
+        if let Err(e) = delete_link(host, link.header.index).await {
+            tracing::warn!(link = %name, error = %e, "cannot remove veth");
         }
     }
 }
@@ -541,10 +539,10 @@ async fn clear_retired(host: &Handle, conf: &NetConf, pod_link: &LinkMessage) ->
     if !host_end.is_some_and(|l| retire::is_retired(&l, &conf.name)) {
         return Ok(false);
     }
-    match host.link().del(peer).execute().await {
-        Err(e) if errno(&e) != Some(libc::ENODEV) => Err(kernel("delete a retired veth", e)),
-        _ => Ok(true),
-    }
+    delete_link(host, peer)
+        .await
+        .map_err(|e| kernel("delete a retired veth", e))?;
+    Ok(true)
 }
 
 /// DEL works on the host end, wherever the pod's namespace is (or whether
@@ -746,12 +744,9 @@ async fn gc(conf: &NetConf) -> Result<()> {
         });
         let name = link_name(&link).unwrap_or_default().to_string();
         tracing::info!(link = %name, container = %owner.container_id, "GC removes stale veth");
-        match host.link().del(link.header.index).execute().await {
-            Err(e) if errno(&e) != Some(libc::ENODEV) => {
-                return Err(kernel(&format!("delete {name}"), e))
-            }
-            _ => {}
-        }
+        delete_link(&host, link.header.index)
+            .await
+            .map_err(|e| kernel(&format!("delete {name}"), e))?;
     }
     Ok(())
 }

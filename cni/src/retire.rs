@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use netlink_packet_route::link::LinkMessage;
 use rtnetlink::{Handle, LinkUnspec};
 
-use crate::netlink::{self, errno, link_alias};
+use crate::netlink::{self, link_alias};
 
 /// Alias prefix of a retired host end: `berth-cni-retired/<network>/…`.
 const RETIRED_PREFIX: &str = "berth-cni-retired/";
@@ -91,10 +91,9 @@ pub fn reap(index: &str, retired: &str) -> Result<(), String> {
         if link_alias(&link) != Some(retired) {
             return Ok(());
         }
-        match host.link().del(index).execute().await {
-            Err(e) if errno(&e) != Some(libc::ENODEV) => Err(format!("delete link {index}: {e}")),
-            _ => Ok(()),
-        }
+        netlink::delete_link(&host, index)
+            .await
+            .map_err(|e| format!("delete link {index}: {e}"))
     })
 }
 

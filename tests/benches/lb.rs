@@ -24,10 +24,9 @@ use std::time::{Duration, Instant};
 
 use berth_ebpf::model::{Backend, Frontend, Protocol};
 use berth_ebpf::{LbMaps, MapSizes, SockLb, SockLbConfig};
+use berth_tests::bench::{cpus, median, pin_thread};
 use berth_tests::cni::{call, workspace_bin};
 use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
-use nix::sched::{sched_setaffinity, CpuSet};
-use nix::unistd::Pid;
 use serde_json::json;
 
 const SCALES: [usize; 3] = [10, 1_000, 10_000];
@@ -142,9 +141,8 @@ struct KeepAwake(Vec<Child>);
 
 impl KeepAwake {
     fn start() -> Self {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         KeepAwake(
-            (0..cpus)
+            (0..cpus())
                 .map(|cpu| {
                     Command::new("chrt")
                         .args(["--idle", "0", "taskset", "--cpu-list"])
@@ -208,11 +206,6 @@ fn rounds(node: &Node, paths: [(&Netns, &str, bool); 3]) -> ([Latency; 3], [[f64
 /// (one connection, new connections), each (p50, p99) in µs.
 type Latency = ((f64, f64), (f64, f64));
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
-}
-
 /// A pod wired by berth-cni on `node`.
 fn pod(node: &Node, data: &Path, name: &str) -> (Netns, Ipv4Addr) {
     let netns = node.add_pod(name).expect("pod");
@@ -252,10 +245,7 @@ fn echo_server(pod: &Netns, ip: Ipv4Addr) {
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
             std::thread::spawn(move || {
-                let mut cpus = CpuSet::new();
-                if cpus.set(SERVER_CPU).is_ok() {
-                    let _ = sched_setaffinity(Pid::from_raw(0), &cpus);
-                }
+                let _ = pin_thread(SERVER_CPU);
                 let mut conn = conn;
                 let _ = conn.set_nodelay(true);
                 let mut byte = [0u8; 1];

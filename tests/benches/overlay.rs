@@ -19,11 +19,10 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_tests::bench::{cpus, median, pin_thread};
 use berth_tests::cluster::{Cluster, ClusterConfig};
 use berth_tests::cni::{call, workspace_bin};
 use berth_tests::{require_root, Netns, Node, Testbed, TestbedConfig};
-use nix::sched::{sched_setaffinity, CpuSet};
-use nix::unistd::Pid;
 use serde_json::{json, Value};
 
 const IPERF_SECONDS: u32 = 4;
@@ -68,11 +67,6 @@ fn main() {
         ],
     );
     cni_latency(&cni, &cluster.testbed().nodes()[0]);
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -222,18 +216,6 @@ fn throughput(client: &Netns, paths: [(&str, &Netns, Ipv4Addr); 2]) {
     println!("  (both simulated nodes share this machine's CPUs: the cross-node path's encapsulation, underlay and decapsulation run beside everything else; on separate machines each node's half runs on its own CPUs)\n");
 }
 
-/// The machine's CPU count (1 when unknown).
-fn cpus() -> usize {
-    std::thread::available_parallelism().map_or(1, usize::from)
-}
-
-/// Binds the calling thread to `cpu`.
-fn pin_to(cpu: usize) {
-    let mut set = CpuSet::new();
-    set.set(cpu).expect("cpu index");
-    sched_setaffinity(Pid::from_raw(0), &set).expect("sched_setaffinity");
-}
-
 /// Round-trip times (µs) of 1-byte exchanges over one TCP connection, the
 /// client's thread on CPU `cpus.0`, the server's on `cpus.1`.
 fn round_trips(client: &Netns, server: &Netns, ip: Ipv4Addr, cpus: (usize, usize)) -> Vec<f64> {
@@ -243,7 +225,7 @@ fn round_trips(client: &Netns, server: &Netns, ip: Ipv4Addr, cpus: (usize, usize
         .expect("listen");
     let target = listener.local_addr().expect("address");
     let echo = std::thread::spawn(move || {
-        pin_to(cpus.1);
+        pin_thread(cpus.1).expect("pin the server");
         let (mut conn, _) = listener.accept().expect("accept");
         conn.set_nodelay(true).expect("nodelay");
         let mut byte = [0u8; 1];
@@ -261,7 +243,7 @@ fn round_trips(client: &Netns, server: &Netns, ip: Ipv4Addr, cpus: (usize, usize
     let samples = std::thread::scope(|scope| {
         scope
             .spawn(|| {
-                pin_to(cpus.0);
+                pin_thread(cpus.0).expect("pin the client");
                 let mut byte = [0u8; 1];
                 let mut samples = Vec::with_capacity(ROUND_TRIPS);
                 for i in 0..ROUND_TRIPS + 1000 {

@@ -15,6 +15,7 @@
 //! message instead of skipping it.
 
 pub mod agent;
+pub mod bench;
 mod cgroup;
 pub mod cluster;
 mod cmd;

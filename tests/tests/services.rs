@@ -663,6 +663,19 @@ fn ct_list(cluster: &Cluster, i: usize) -> Value {
     serde_json::from_str(&bpf(cluster, i, &["ct", "list", "-o", "json"])).expect("json")
 }
 
+/// A NodePort Service `name` with a TCP port 80 and a UDP port 53 to the
+/// backends' ports, on node ports `tcp` and `udp`.
+fn node_port_service(name: &str, tcp: u16, udp: u16) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {"type": "NodePort", "ports": [
+            {"name": "tcp", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP", "nodePort": tcp},
+            {"name": "udp", "port": 53, "targetPort": UDP_PORT, "protocol": "UDP", "nodePort": udp},
+        ]},
+    })
+}
+
 #[test]
 fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
     let cluster = start();
@@ -670,14 +683,7 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
         .map(|i| backend(&cluster, i, &format!("web{i}")))
         .collect();
     cluster
-        .apply(&json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "web", "namespace": "default"},
-            "spec": {"type": "NodePort", "ports": [
-                {"name": "tcp", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP", "nodePort": 30080},
-                {"name": "udp", "port": 53, "targetPort": UDP_PORT, "protocol": "UDP", "nodePort": 30053},
-            ]},
-        }))
+        .apply(&node_port_service("web", 30080, 30053))
         .expect("create the NodePort Service");
     endpoints(
         &cluster,
@@ -788,14 +794,7 @@ fn node_port_answers_clients_outside_the_nodes_from_the_node_address() {
     // (a TCP reset, an ICMP port unreachable for UDP; not silence until
     // the client gives up).
     cluster
-        .apply(&json!({
-            "apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "empty", "namespace": "default"},
-            "spec": {"type": "NodePort", "ports": [
-                {"name": "tcp", "port": 80, "targetPort": TCP_PORT, "protocol": "TCP", "nodePort": 30081},
-                {"name": "udp", "port": 53, "targetPort": UDP_PORT, "protocol": "UDP", "nodePort": 30082},
-            ]},
-        }))
+        .apply(&node_port_service("empty", 30081, 30082))
         .expect("create a Service without endpoints");
     for (i, node) in nodes.iter().enumerate() {
         wait_programmed(&cluster, i, &format!("{}:30081/TCP", node.underlay_ip()), 0);
