@@ -113,6 +113,7 @@ impl Cluster {
             &config.state_dir.join("control"),
             config.listen,
         )?;
+        tracing::info!(url = %control.url(), "control plane serving");
         let cluster = Cluster {
             agents: Mutex::new(Vec::new()),
             control,
@@ -125,6 +126,7 @@ impl Cluster {
             cluster.agents().push(None);
             let ip = cluster.testbed.nodes()[i].underlay_ip();
             cluster.start_agent(i, ip)?;
+            tracing::info!(node = cluster.testbed.nodes()[i].name(), underlay = %ip, "agent started");
         }
         cluster.wait_ready(cluster.testbed.nodes().len())?;
         Ok(cluster)
@@ -357,16 +359,24 @@ impl Cluster {
             .args(args))
     }
 
-    /// Waits until `count` nodes report Ready.
+    /// Waits until `count` nodes report Ready, logging each node as it
+    /// turns Ready.
     pub fn wait_ready(&self, count: usize) -> Result<(), Error> {
-        let query = "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}";
+        let query = "jsonpath={range .items[*]}{.metadata.name}{\" \"}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}";
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut seen = std::collections::BTreeSet::new();
         loop {
-            let ready = self
+            let out = self
                 .kubectl(&["get", "nodes", "-o", query])
-                .map(|out| out.lines().filter(|l| *l == "True").count())
-                .unwrap_or(0);
-            if ready >= count {
+                .unwrap_or_default();
+            for line in out.lines() {
+                if let Some(name) = line.strip_suffix(" True") {
+                    if seen.insert(name.to_string()) {
+                        tracing::info!(node = name, "node Ready");
+                    }
+                }
+            }
+            if seen.len() >= count {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -374,7 +384,8 @@ impl Cluster {
                     "wait for Ready nodes in",
                     &self.config.state_dir,
                     std::io::Error::other(format!(
-                        "only {ready} of {count} nodes became Ready within 60 s"
+                        "only {} of {count} nodes became Ready within 60 s",
+                        seen.len()
                     )),
                 ));
             }

@@ -162,11 +162,7 @@ fn up(
         control.url()
     );
     println!("  kubeconfig:  {}", control.kubeconfig().display());
-    println!("  log:         {}", control.log().display());
-    println!(
-        "  try:         KUBECONFIG={} kubectl get nodes,namespaces,services\n",
-        control.kubeconfig().display()
-    );
+    println!("  log:         {}\n", control.log().display());
     println!(
         "{nodes} nodes, each running berth-agent (log and kubeconfig in {}/<node>/):\n",
         data_dir(prefix).display()
@@ -211,7 +207,10 @@ fn up(
         "  bpftool map dump pinned {}/lb4_services",
         first.pin_dir().display()
     );
-    println!("Remove it all: cargo xtask down --name {prefix}");
+    println!("Remove it all: cargo xtask down --name {prefix}\n");
+    println!("Point kubectl at it, then try a first command:\n");
+    println!("  export KUBECONFIG={}", control.kubeconfig().display());
+    println!("  kubectl get nodes -o wide");
     cluster.persist(&run_dir(prefix))?;
     Ok(())
 }

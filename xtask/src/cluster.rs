@@ -9,7 +9,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::shell::{cargo, run, workspace_root};
+use crate::shell::{cargo, run, target_dir};
 
 /// Options of `cargo xtask up`.
 #[derive(Debug, Args)]
@@ -30,10 +30,19 @@ pub(crate) struct DownArgs {
     name: String,
 }
 
-/// Installs dependencies, builds, and brings the cluster up.
+/// Installs dependencies, builds, and brings the cluster up, saying which
+/// phase it is in (the first build takes minutes).
 pub(crate) fn up(args: &UpArgs) -> anyhow::Result<()> {
+    eprintln!("==> [1/3] packages: checking what `cargo xtask deps` installs");
     crate::deps::install()?;
+    eprintln!(
+        "==> [2/3] build: every binary the cluster runs (the first build takes 10-20 minutes)"
+    );
     build()?;
+    eprintln!(
+        "==> [3/3] cluster \"{}\": control plane, then {} nodes",
+        args.name, args.nodes
+    );
     let nodes = args.nodes.to_string();
     let control = bin("berth-control");
     let agent = bin("berth-agent");
@@ -56,24 +65,15 @@ pub(crate) fn down(args: &DownArgs) -> anyhow::Result<()> {
     testbed(&["down", "--name", &args.name])
 }
 
-/// Builds the binaries the local cluster runs.
+/// Builds every binary of the workspace: the control plane, the testbed,
+/// and what each node runs (agent, CNI plugin, runtime, pause).
 fn build() -> anyhow::Result<()> {
-    run(cargo().args([
-        "build",
-        "--quiet",
-        "-p",
-        "berth-control",
-        "-p",
-        "berth-tests",
-        "--bins",
-    ]))
+    run(cargo().args(["build", "--workspace", "--bins"]))
 }
 
 /// A binary of the workspace's debug build.
 fn bin(name: &str) -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map_or_else(|| workspace_root().join("target"), PathBuf::from);
-    target.join("debug").join(name)
+    target_dir().join("debug").join(name)
 }
 
 /// Runs `berth-testbed ARGS...`.

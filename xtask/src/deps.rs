@@ -12,6 +12,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("libelf-dev", "libbpf (built from source by libbpf-sys)"),
     ("zlib1g-dev", "libbpf"),
     ("pkg-config", "finds libelf and zlib for libbpf"),
+    ("make", "libbpf-sys builds libbpf with make"),
     ("libseccomp-dev", "seccomp in the OCI runtime"),
     (
         "bpftool",
@@ -23,12 +24,20 @@ const PACKAGES: &[(&str, &str)] = &[
     ("nftables", "masquerading pod traffic"),
     ("etcd-server", "the distributed store's tests"),
     ("protobuf-compiler", "etcd's API, compiled by etcd-client"),
+    (
+        "libprotobuf-dev",
+        "the well-known .proto files protoc imports (google/protobuf/descriptor.proto …)",
+    ),
     ("iperf3", "overlay throughput benchmarks"),
     ("runc", "the yardstick of the runtime benchmark"),
     ("crun", "a second runtime yardstick (where it runs)"),
     (
         "containerd",
         "containerd-shim-runc-v2 calling berth-runtime as its runc in tests",
+    ),
+    (
+        "debootstrap",
+        "`cargo xtask fresh-check`: a bare Debian 12 to build in",
     ),
     (
         "containernetworking-plugins",

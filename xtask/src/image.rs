@@ -7,11 +7,11 @@ use std::process::Command;
 
 use anyhow::Context;
 
-use crate::shell::{cargo, run, workspace_root};
+use crate::shell::{cargo, run, target_dir};
 
-/// Where the image goes unless told otherwise.
+/// Where the image goes unless told otherwise (`<target dir>/images/busybox`).
 pub(crate) fn default_out() -> PathBuf {
-    workspace_root().join("target/images/busybox")
+    target_dir().join("images/busybox")
 }
 
 /// Arguments of `cargo xtask image`.
@@ -30,7 +30,7 @@ pub(crate) fn build(args: &ImageArgs) -> anyhow::Result<()> {
     crate::deps::install()?;
     build_runtime()?;
     let out = args.out.clone().unwrap_or_else(default_out);
-    let rootfs = workspace_root().join("target/images/busybox-rootfs");
+    let rootfs = target_dir().join("images/busybox-rootfs");
     if rootfs.exists() {
         std::fs::remove_dir_all(&rootfs)
             .with_context(|| format!("cannot remove {}", rootfs.display()))?;
@@ -40,14 +40,12 @@ pub(crate) fn build(args: &ImageArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&out)
             .with_context(|| format!("cannot remove {}", out.display()))?;
     }
-    run(
-        Command::new(workspace_root().join("target/release/berth-runtime"))
-            .args(["image", "pack", "--name", &args.name, "--cmd", "sh"])
-            .args(["--env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
-            .arg("--out")
-            .arg(&out)
-            .arg(&rootfs),
-    )?;
+    run(Command::new(target_dir().join("release/berth-runtime"))
+        .args(["image", "pack", "--name", &args.name, "--cmd", "sh"])
+        .args(["--env", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+        .arg("--out")
+        .arg(&out)
+        .arg(&rootfs))?;
     eprintln!("==> image {} in {}", args.name, out.display());
     Ok(())
 }

@@ -3,6 +3,7 @@
 mod bench;
 mod cluster;
 mod deps;
+mod fresh;
 mod image;
 mod shell;
 mod test;
@@ -28,6 +29,9 @@ enum Task {
     Down(cluster::DownArgs),
     /// Build the busybox test image as an OCI layout (target/images/busybox).
     Image(image::ImageArgs),
+    /// Build the workspace on a bare Debian 12 (debootstrap) with only the
+    /// packages `deps` installs; records a fingerprint that `test` checks.
+    FreshCheck,
     /// Run a benchmark (release build) and print its numbers.
     Bench {
         /// What to measure.
@@ -41,6 +45,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test => test::all(),
         Task::Up(args) => cluster::up(&args),
         Task::Down(args) => cluster::down(&args),
+        Task::FreshCheck => fresh::check(),
         Task::Image(args) => image::build(&args),
         Task::Bench { target } => bench::run_bench(target),
     }

@@ -35,6 +35,16 @@ pub(crate) fn workspace_root() -> PathBuf {
         .map_or_else(|| manifest_dir.clone(), PathBuf::from)
 }
 
+/// Where cargo puts build output (`CARGO_TARGET_DIR`, else `target/`).
+pub(crate) fn target_dir() -> PathBuf {
+    // A relative CARGO_TARGET_DIR is relative to where cargo runs: the
+    // workspace root, for the commands xtask starts.
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+        || workspace_root().join("target"),
+        |d| workspace_root().join(d),
+    )
+}
+
 fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())

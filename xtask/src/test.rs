@@ -7,6 +7,14 @@ use crate::shell::{cargo, run};
 /// tests (the last two need root, and fail clearly without it).
 pub(crate) fn all() -> anyhow::Result<()> {
     crate::deps::install()?;
+    if crate::fresh::stale()? {
+        eprintln!(
+            "==> the lockfile, a manifest, a build script or the package list changed since the last fresh-check: running it"
+        );
+        crate::fresh::check()?;
+    } else {
+        eprintln!("==> fresh-check: build inputs unchanged since it last passed");
+    }
     run(cargo().args(["fmt", "--all", "--", "--check"]))?;
     run(cargo().args([
         "clippy",
