@@ -142,6 +142,15 @@ impl ApiError {
         )
     }
 
+    /// 413: a request body, patch or object larger than the server takes.
+    pub fn too_large(message: impl std::fmt::Display) -> Self {
+        Self::new(
+            413,
+            "RequestEntityTooLarge",
+            format!("Request entity too large: {message}"),
+        )
+    }
+
     /// 500: the server failed.
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)

@@ -97,7 +97,23 @@ struct ServeArgs {
     /// How often etcd history is compacted, e.g. 5m, 30s; 0 disables.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     etcd_compaction_interval: Duration,
+    /// Connections served at once (also bounded by the open-files limit); past it, new ones wait.
+    #[arg(long, default_value_t = 4096)]
+    max_connections: usize,
+    /// Time a client has to complete the TLS handshake, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    tls_handshake_timeout: Duration,
+    /// Time an HTTP/1.1 client has to send a request's headers, e.g. 30s.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    request_header_timeout: Duration,
+    /// A connection with no request in flight for this long is closed, e.g. 90s.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    idle_connection_timeout: Duration,
 }
+
+/// Open files kept for everything but client connections (store, logs,
+/// etcd connections, certificates).
+const RESERVED_FILES: u64 = 128;
 
 /// Store backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -280,6 +296,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("creating the default namespaces and Services"),
     }
 
+    let limits = connection_limits(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("listening on {}", args.listen))?;
@@ -293,11 +310,41 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         listener,
         pki.server_config()?,
         api.router(),
+        limits,
         berth_cli::shutdown_signal(),
     )
     .await?;
     tracing::info!("berth-control stopped");
     Ok(())
+}
+
+/// The connection limits from the flags, the connection cap lowered to fit
+/// the open-files limit (raised to its maximum first).
+fn connection_limits(args: &ServeArgs) -> anyhow::Result<api::ConnectionLimits> {
+    for (flag, value) in [
+        ("--tls-handshake-timeout", args.tls_handshake_timeout),
+        ("--request-header-timeout", args.request_header_timeout),
+        ("--idle-connection-timeout", args.idle_connection_timeout),
+    ] {
+        if value.is_zero() {
+            bail!("{flag} must be more than 0");
+        }
+    }
+    let files = api::raise_open_files_limit().context("raising the open-files limit")?;
+    let fit = usize::try_from(files.saturating_sub(RESERVED_FILES)).unwrap_or(usize::MAX);
+    if fit < args.max_connections {
+        tracing::warn!(
+            open_files = files,
+            max_connections = fit,
+            "the open-files limit allows fewer connections than --max-connections"
+        );
+    }
+    Ok(api::ConnectionLimits {
+        max_connections: args.max_connections.min(fit).max(1),
+        handshake_timeout: args.tls_handshake_timeout,
+        header_timeout: args.request_header_timeout,
+        idle_timeout: args.idle_connection_timeout,
+    })
 }
 
 /// Creates the default namespaces and Services, retrying while the store

@@ -223,14 +223,27 @@ pub fn set_resource_version(obj: &mut Value, revision: u64) {
     }
 }
 
+/// Largest object stored, on either store: etcd's default request limit
+/// (1.5 MiB), so objects that fit one store fit the other.
+pub const MAX_OBJECT_BYTES: usize = 1536 * 1024;
+
 /// The bytes to store: the object without its resourceVersion (the
-/// store's revision is the source of truth).
+/// store's revision is the source of truth); 413 past
+/// [`MAX_OBJECT_BYTES`].
 pub fn to_stored(obj: &Value) -> Result<Vec<u8>, ApiError> {
     let mut obj = obj.clone();
     if let Ok(meta) = metadata_mut(&mut obj) {
         meta.remove("resourceVersion");
     }
-    serde_json::to_vec(&obj).map_err(|e| ApiError::internal(format!("encoding object: {e}")))
+    let bytes = serde_json::to_vec(&obj)
+        .map_err(|e| ApiError::internal(format!("encoding object: {e}")))?;
+    if bytes.len() > MAX_OBJECT_BYTES {
+        return Err(ApiError::too_large(format_args!(
+            "the object is {} bytes, limit is {MAX_OBJECT_BYTES}",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// A resourceVersion sent by a client, as a store revision.

@@ -42,7 +42,7 @@ pub fn apply(original: &Value, patch: &[u8], kind: PatchType) -> Result<Value, A
         PatchType::Json => {
             let ops: json_patch::Patch = serde_json::from_value(patch)
                 .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
-            json_patch::patch(&mut target, &ops).map_err(ApiError::unprocessable_patch)?;
+            apply_json_patch(&mut target, ops)?;
         }
         PatchType::Merge => json_patch::merge(&mut target, &patch),
         PatchType::Strategic => {
@@ -55,6 +55,60 @@ pub fn apply(original: &Value, patch: &[u8], kind: PatchType) -> Result<Value, A
         }
     }
     Ok(target)
+}
+
+/// Most operations in one JSON patch (kube-apiserver's limit).
+pub const MAX_JSON_PATCH_OPERATIONS: usize = 10_000;
+
+/// Most bytes one JSON patch may copy, all its `copy` operations together:
+/// `add` and `replace` carry their values in the (bounded) request body,
+/// but `copy` can double a document with each operation.
+pub const MAX_JSON_PATCH_COPY_BYTES: usize = 3 * 1024 * 1024;
+
+/// Applies `ops` in order, refusing a patch with too many operations or
+/// whose copies add up past [`MAX_JSON_PATCH_COPY_BYTES`] before the copy
+/// that would cross it is made.
+fn apply_json_patch(target: &mut Value, ops: json_patch::Patch) -> Result<(), ApiError> {
+    if ops.0.len() > MAX_JSON_PATCH_OPERATIONS {
+        return Err(ApiError::too_large(format_args!(
+            "the allowed maximum operations in a JSON patch is {MAX_JSON_PATCH_OPERATIONS}, got {}",
+            ops.0.len()
+        )));
+    }
+    let mut copied = 0usize;
+    for op in ops.0 {
+        if let json_patch::PatchOperation::Copy(copy) = &op {
+            if let Some(source) = target.pointer(copy.from.as_str()) {
+                copied = copied.saturating_add(encoded_len(source));
+                if copied > MAX_JSON_PATCH_COPY_BYTES {
+                    return Err(ApiError::unprocessable_patch(format_args!(
+                        "the copy operations add up to more than {MAX_JSON_PATCH_COPY_BYTES} bytes"
+                    )));
+                }
+            }
+        }
+        // `target` is a copy the caller drops on error: no undo needed.
+        json_patch::patch_unsafe(target, &[op]).map_err(ApiError::unprocessable_patch)?;
+    }
+    Ok(())
+}
+
+/// The length of `value` as JSON, counted without building the text.
+fn encoded_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing a Value to a sink that never fails cannot fail.
+    serde_json::to_writer(&mut count, value).ok();
+    count.0
 }
 
 /// How a list field merges in a strategic merge patch.
@@ -266,6 +320,45 @@ fn reorder(field: &str, list: &mut [Value], order: &[Value]) {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_json_patch_that_copies_a_document_into_itself_is_refused_early() {
+        let original = json!({"metadata": {"name": "n", "annotations": {"a": "x".repeat(2000)}}});
+        let mut ops = vec![json!({"op": "add", "path": "/metadata/labels", "value": {}})];
+        for i in 0..40 {
+            ops.push(json!({"op": "copy", "from": "/metadata/annotations",
+                "path": format!("/metadata/annotations/c{i}")}));
+        }
+        let body = serde_json::to_vec(&ops).expect("encode");
+        let err = apply(&original, &body, PatchType::Json).expect_err("refused");
+        assert_eq!(err.code, 422);
+        assert!(err.message.contains("copy operations"), "{}", err.message);
+        // A few copies of a small value are fine.
+        let body =
+            br#"[{"op": "copy", "from": "/metadata/name", "path": "/metadata/generateName"}]"#;
+        let patched = apply(&original, body, PatchType::Json).expect("applies");
+        assert_eq!(patched["metadata"]["generateName"], "n");
+    }
+
+    #[test]
+    fn a_json_patch_with_too_many_operations_is_refused() {
+        let ops: Vec<Value> = (0..=MAX_JSON_PATCH_OPERATIONS)
+            .map(|_| json!({"op": "test", "path": "/metadata/name", "value": "n"}))
+            .collect();
+        let body = serde_json::to_vec(&ops).expect("encode");
+        let err = apply(&json!({"metadata": {"name": "n"}}), &body, PatchType::Json)
+            .expect_err("refused");
+        assert_eq!(err.code, 413);
+    }
+
+    #[test]
+    fn a_failing_operation_leaves_the_whole_patch_unapplied() {
+        let body = br#"[{"op": "add", "path": "/metadata/labels", "value": {"a": "b"}},
+            {"op": "test", "path": "/metadata/name", "value": "other"}]"#;
+        let err = apply(&json!({"metadata": {"name": "n"}}), body, PatchType::Json)
+            .expect_err("test fails");
+        assert_eq!(err.code, 422);
+    }
 
     fn deployment() -> Value {
         json!({"metadata": {"name": "web", "labels": {"app": "web", "old": "x"}, "finalizers": ["a"]},

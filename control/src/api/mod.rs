@@ -1,12 +1,12 @@
-//! The HTTP API: routing, authentication, and the TLS server.
+//! The HTTP API: routing, authentication, and the TLS server (`serve`).
 
 mod discovery;
 mod openapi;
 mod rest;
+mod serve;
 mod table;
 mod watch;
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,10 +16,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::{Json, Router};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::service::TowerToHyperService;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use crate::alloc::Allocator;
 use crate::auth::{Authenticator, User};
@@ -28,6 +25,7 @@ use crate::metrics::Metrics;
 use crate::store::Store;
 
 pub use discovery::KUBERNETES_MINOR;
+pub use serve::{raise_open_files_limit, serve, ConnectionLimits};
 
 /// Settings of the API layer.
 #[derive(Debug, Clone)]
@@ -207,41 +205,6 @@ fn user_of(req: &Request) -> Result<User, ApiError> {
         .get::<User>()
         .cloned()
         .ok_or_else(ApiError::unauthorized)
-}
-
-/// Serves `router` over TLS on `listener` until `shutdown` completes.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
-    router: Router,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    tokio::pin!(shutdown);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => accepted?,
-            () = &mut shutdown => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(stream) => stream,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
 }
 
 /// A JSON response with a status code.

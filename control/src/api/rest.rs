@@ -186,9 +186,7 @@ async fn handle_inner(
     if matches!(verb, "create" | "update") {
         check_json_body(&headers)?;
     }
-    let body = axum::body::to_bytes(req.into_body(), MAX_BODY)
-        .await
-        .map_err(|e| ApiError::bad_request(format!("cannot read the request body: {e}")))?;
+    let body = read_body(req, &headers).await?;
     // A create names its object in the body.
     let created_name = (verb == "create" && target.name.is_none())
         .then(|| serde_json::from_slice::<Value>(&body).ok())
@@ -269,6 +267,30 @@ pub(super) fn wants_table(headers: &HeaderMap) -> bool {
 
 /// Objects are read as JSON only: another encoding (kubectl's typed
 /// commands send protobuf first) gets 415, on which clients fall back to JSON.
+/// The request body, refused with 413 past [`MAX_BODY`] (from its
+/// Content-Length before reading anything, else while reading).
+async fn read_body(req: Request, headers: &HeaderMap) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::too_large(format_args!("limit is {MAX_BODY}"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(too_large());
+    }
+    axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| {
+            let over = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if over {
+                too_large()
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })
+}
+
 fn check_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)

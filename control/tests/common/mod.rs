@@ -60,6 +60,8 @@ pub(crate) struct Server {
     dir: tempfile::TempDir,
     addr: SocketAddr,
     extra: Vec<String>,
+    /// The open-files limit (soft and hard) the server starts with.
+    nofile: Option<u64>,
     child: Option<Child>,
     /// The etcd it stores into, if any (dropped after the server stops).
     etcd: Option<std::sync::Arc<etcd::EtcdCluster>>,
@@ -79,6 +81,15 @@ impl Server {
         Server::start_on(Backend::Embedded, extra)
     }
 
+    /// Starts a server (embedded store) whose open-files limit, soft and
+    /// hard, is `nofile`.
+    pub(crate) fn start_with_open_files(nofile: u64, extra: &[&str]) -> Server {
+        let mut server = Server::launch_stopped(None, extra);
+        server.nofile = Some(nofile);
+        server.spawn();
+        server
+    }
+
     /// Starts a server on `backend`.
     pub(crate) fn start_on(backend: Backend, extra: &[&str]) -> Server {
         match backend {
@@ -96,6 +107,12 @@ impl Server {
     }
 
     fn launch(etcd: Option<std::sync::Arc<etcd::EtcdCluster>>, extra: &[&str]) -> Server {
+        let mut server = Server::launch_stopped(etcd, extra);
+        server.spawn();
+        server
+    }
+
+    fn launch_stopped(etcd: Option<std::sync::Arc<etcd::EtcdCluster>>, extra: &[&str]) -> Server {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr = free_port();
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
@@ -107,29 +124,45 @@ impl Server {
                 etcd.endpoints(),
             ]);
         }
-        let mut server = Server {
+        Server {
             dir,
             addr,
             extra: args,
+            nofile: None,
             child: None,
             etcd,
-        };
-        server.spawn();
-        server
+        }
     }
 
     fn spawn(&mut self) {
         let log = std::fs::File::create(self.dir.path().join("server.log")).expect("log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_berth-control"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_berth-control"));
+        command
             .arg("--listen")
             .arg(self.addr.to_string())
             .arg("--data-dir")
             .arg(self.data_dir())
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn berth-control");
+            .stderr(log);
+        if let Some(nofile) = self.nofile {
+            let limit = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            // SAFETY: setrlimit is async-signal-safe and `limit` lives in
+            // the child's copy of this stack frame.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
+        }
+        let child = command.spawn().expect("spawn berth-control");
         self.child = Some(child);
         self.wait_ready();
     }
@@ -148,6 +181,26 @@ impl Server {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("berth-control did not start:\n{}", self.log());
+    }
+
+    /// The server's resident memory in KiB (0 when not running).
+    pub(crate) fn rss_kib(&self) -> u64 {
+        let Some(child) = self.child.as_ref() else {
+            return 0;
+        };
+        std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether the server process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// Kills the server with SIGKILL (no shutdown at all).

@@ -1,0 +1,128 @@
+//! What one request can make berth-control spend: bodies past the limit get
+//! 413, a JSON patch that copies a document into itself is refused before
+//! it grows, and objects larger than etcd takes are refused on both stores.
+//! Real kubectl against a real server on loopback.
+
+#[macro_use]
+mod common;
+
+use std::time::Instant;
+
+use common::{Backend, Server};
+
+/// The server's memory may grow this much over a test (KiB).
+const RSS_GROWTH_LIMIT_KIB: u64 = 300 * 1024;
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_json_patch_bomb_is_refused_and_the_server_keeps_answering() {
+    let server = Server::start(&[]);
+    let manifest = server.data_dir().join("../cm.json");
+    std::fs::write(
+        &manifest,
+        r#"{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "target", "namespace": "default", "annotations": {"seed": "x"}}}"#,
+    )
+    .expect("write manifest");
+    server.kubectl_ok(&["create", "-f", &manifest.display().to_string()]);
+    let before = server.rss_kib();
+    // One add of 2 KB, then 40 copies of the annotations into themselves:
+    // 2 KB of request, 2^40 times that if applied.
+    let mut ops = vec![format!(
+        r#"{{"op": "add", "path": "/metadata/annotations/big", "value": "{}"}}"#,
+        "y".repeat(2048)
+    )];
+    for i in 0..40 {
+        ops.push(format!(
+            r#"{{"op": "copy", "from": "/metadata/annotations", "path": "/metadata/annotations/c{i}"}}"#
+        ));
+    }
+    let patch = format!("[{}]", ops.join(","));
+    let started = Instant::now();
+    let out = server.kubectl(&["patch", "configmap", "target", "--type=json", "-p", &patch]);
+    assert!(!out.status.success(), "the patch bomb was applied");
+    assert!(
+        stderr(&out).contains("copy operations add up to more than"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(
+        started.elapsed().as_secs() < 10,
+        "took {:?}",
+        started.elapsed()
+    );
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(grown < RSS_GROWTH_LIMIT_KIB, "RSS grew by {grown} KiB");
+    // Nothing of it was stored, and the server answers as before.
+    let annotations = server.kubectl_ok(&[
+        "get",
+        "configmap",
+        "target",
+        "-o",
+        "jsonpath={.metadata.annotations}",
+    ]);
+    assert_eq!(annotations.trim(), r#"{"seed":"x"}"#);
+    assert_eq!(server.kubectl_ok(&["get", "--raw", "/readyz"]).trim(), "ok");
+}
+
+#[test]
+fn a_request_body_past_the_limit_gets_413() {
+    let server = Server::start(&[]);
+    // 10 MB of data in one ConfigMap: kubectl sends it, the server answers
+    // 413 rather than cutting the connection.
+    let manifest = server.data_dir().join("../big.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "big", "namespace": "default"}}, "data": {{"blob": "{}"}}}}"#,
+            "z".repeat(10 * 1024 * 1024)
+        ),
+    )
+    .expect("write manifest");
+    let out = server.kubectl(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &manifest.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("Request entity too large: limit is 3145728"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(server.kubectl_ok(&["get", "--raw", "/readyz"]).trim(), "ok");
+}
+
+/// An object under the body limit but over etcd's 1.5 MiB is refused with
+/// the same 413 on both stores.
+fn an_object_past_the_store_limit_is_refused(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let manifest = server.data_dir().join("../large.json");
+    std::fs::write(
+        &manifest,
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "large", "namespace": "default"}}, "data": {{"blob": "{}"}}}}"#,
+            "w".repeat(2 * 1024 * 1024)
+        ),
+    )
+    .expect("write manifest");
+    let out = server.kubectl(&[
+        "create",
+        "--validate=false",
+        "-f",
+        &manifest.display().to_string(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("limit is 1572864"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server.kubectl(&["get", "configmap", "large"]);
+    assert!(!out.status.success(), "the object was stored");
+}
+
+on_both_stores_blocking!(an_object_past_the_store_limit_is_refused);
