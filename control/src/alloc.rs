@@ -503,7 +503,16 @@ mod tests {
     use crate::store::EmbeddedStore;
 
     fn allocator(dir: &std::path::Path) -> Allocator {
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir, 100).unwrap());
+        let store: Arc<dyn Store> = Arc::new(
+            EmbeddedStore::open(
+                dir,
+                crate::store::HistoryLimits {
+                    events: 100,
+                    bytes: usize::MAX,
+                },
+            )
+            .unwrap(),
+        );
         Allocator::new(
             store,
             Ranges {

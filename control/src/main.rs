@@ -13,7 +13,7 @@ use berth_control::alloc::{Allocator, Ranges};
 use berth_control::api::{self, Api, ApiConfig};
 use berth_control::auth::{self, Authenticator};
 use berth_control::pki::{self, Pki};
-use berth_control::store::{EmbeddedStore, EtcdConfig, EtcdStore, EtcdTls, Store};
+use berth_control::store::{EmbeddedStore, EtcdConfig, EtcdStore, EtcdTls, HistoryLimits, Store};
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::Ipv4Network;
 
@@ -76,6 +76,9 @@ struct ServeArgs {
     /// Events kept for watches that resume from an older resourceVersion (embedded store).
     #[arg(long, default_value_t = 10_000)]
     watch_history: usize,
+    /// Bytes of objects (new and previous) those events may hold at most; older events go first (embedded store).
+    #[arg(long, default_value_t = 64 << 20)]
+    watch_history_bytes: usize,
     /// Where objects are stored: the embedded database, or etcd.
     #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
     store: StoreKind,
@@ -146,8 +149,14 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn open_store(args: &ServeArgs) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match args.store {
         StoreKind::Embedded => Arc::new(
-            EmbeddedStore::open(&args.data_dir.join("store"), args.watch_history)
-                .context("opening the embedded store")?,
+            EmbeddedStore::open(
+                &args.data_dir.join("store"),
+                HistoryLimits {
+                    events: args.watch_history,
+                    bytes: args.watch_history_bytes,
+                },
+            )
+            .context("opening the embedded store")?,
         ),
         StoreKind::Etcd => {
             let read =

@@ -126,3 +126,33 @@ fn an_object_past_the_store_limit_is_refused(backend: Backend) {
 }
 
 on_both_stores_blocking!(an_object_past_the_store_limit_is_refused);
+
+#[tokio::test]
+async fn the_watch_history_is_bounded_by_bytes() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Patch, PatchParams, PostParams};
+
+    let server = Server::start(&["--watch-history-bytes", "32000000"]);
+    let client = server.client().await;
+    let api: kube::Api<ConfigMap> = kube::Api::namespaced(client, "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("fat".into());
+    api.create(&PostParams::default(), &cm)
+        .await
+        .expect("create");
+    let before = server.rss_kib();
+    // 200 writes of a 1 MB annotation: 400 MB of new and previous values if
+    // the history kept them all (its count limit is 10 000).
+    for i in 0..200u32 {
+        let value = format!("{i:04}{}", "a".repeat(1_000_000));
+        let patch = serde_json::json!({"metadata": {"annotations": {"blob": value}}});
+        api.patch("fat", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .expect("patch");
+    }
+    let grown = server.rss_kib().saturating_sub(before);
+    assert!(
+        grown < RSS_GROWTH_LIMIT_KIB,
+        "RSS grew by {grown} KiB over 200 writes of 1 MB"
+    );
+}

@@ -27,7 +27,10 @@ macro_rules! on_both_stores {
                 #[tokio::test]
                 async fn $name() {
                     let dir = tempfile::tempdir().expect("temp dir");
-                    let store = std::sync::Arc::new(super::EmbeddedStore::open(dir.path(), 1000).expect("open"));
+                    let store = std::sync::Arc::new(super::EmbeddedStore::open(
+                        dir.path(),
+                        berth_control::store::HistoryLimits { events: 1000, bytes: 64 << 20 },
+                    ).expect("open"));
                     super::$name(store).await;
                 }
             )*

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use super::history::History;
+use super::history::{History, HistoryLimits};
 use super::{Event, EventKind, Record, Revision, Store, StoreError, WatchStream};
 
 /// key -> create revision (8 bytes LE) ‖ mod revision (8 bytes LE) ‖ value.
@@ -38,8 +38,8 @@ struct Inner {
 
 impl EmbeddedStore {
     /// Opens (or creates) the database `store.redb` in `data_dir`, keeping
-    /// the last `history` events for watches.
-    pub fn open(data_dir: &Path, history: usize) -> Result<Self, StoreError> {
+    /// the last events within `history` for watches.
+    pub fn open(data_dir: &Path, history: HistoryLimits) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| backend("create data directory", e))?;
         let path = data_dir.join("store.redb");
         let db = Database::create(&path).map_err(|e| backend("open database", e))?;
@@ -330,7 +330,14 @@ mod tests {
     use super::*;
 
     fn open(dir: &Path) -> EmbeddedStore {
-        EmbeddedStore::open(dir, 100).unwrap()
+        EmbeddedStore::open(
+            dir,
+            HistoryLimits {
+                events: 100,
+                bytes: usize::MAX,
+            },
+        )
+        .unwrap()
     }
 
     #[tokio::test]

@@ -14,38 +14,75 @@ use super::{Event, Revision, StoreError, WatchStream};
 /// How many events a watcher's channel buffers before it waits.
 const WATCH_BUFFER: usize = 256;
 
-/// The last `capacity` events, and the live feed of new ones.
+/// How many new events the live feed holds for a watcher that has not
+/// taken them yet; one further behind is dropped (its client relists). The
+/// feed keeps its last events alive, so this also bounds what it holds.
+const LIVE_BUFFER: usize = 1024;
+
+/// How long a history may be, by count and by bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryLimits {
+    /// Events kept.
+    pub events: usize,
+    /// Bytes of keys and values (new and previous) kept.
+    pub bytes: usize,
+}
+
+/// The last events within [`HistoryLimits`], and the live feed of new ones.
 #[derive(Debug)]
 pub(crate) struct History {
     events: VecDeque<Arc<Event>>,
-    capacity: usize,
+    limits: HistoryLimits,
+    /// Bytes of the kept events (see [`event_bytes`]).
+    bytes: usize,
     /// A watch may start after any revision from this one on.
     floor: Revision,
     feed: broadcast::Sender<Arc<Event>>,
 }
 
+/// What an event holds: its key and its new and previous values.
+fn event_bytes(event: &Event) -> usize {
+    event.record.key.len()
+        + event.record.value.len()
+        + event
+            .prev
+            .as_ref()
+            .map_or(0, |p| p.key.len() + p.value.len())
+}
+
 impl History {
     /// An empty history whose watches may start after `current` (the
     /// store's revision when it opened: earlier events are not kept).
-    pub(crate) fn new(current: Revision, capacity: usize) -> Self {
-        let (feed, _) = broadcast::channel(capacity.max(1));
+    pub(crate) fn new(current: Revision, limits: HistoryLimits) -> Self {
+        let limits = HistoryLimits {
+            events: limits.events.max(1),
+            bytes: limits.bytes,
+        };
+        let (feed, _) = broadcast::channel(limits.events.min(LIVE_BUFFER));
         History {
-            events: VecDeque::with_capacity(capacity),
-            capacity: capacity.max(1),
+            events: VecDeque::new(),
+            limits,
+            bytes: 0,
             floor: current,
             feed,
         }
     }
 
-    /// Records a committed write and hands it to live watches.
+    /// Records a committed write and hands it to live watches. The oldest
+    /// events go while the history is over its limits (the newest event is
+    /// always kept).
     pub(crate) fn push(&mut self, event: Event) {
         let event = Arc::new(event);
-        if self.events.len() == self.capacity {
+        self.bytes += event_bytes(&event);
+        self.events.push_back(Arc::clone(&event));
+        while self.events.len() > 1
+            && (self.events.len() > self.limits.events || self.bytes > self.limits.bytes)
+        {
             if let Some(oldest) = self.events.pop_front() {
+                self.bytes -= event_bytes(&oldest);
                 self.floor = oldest.revision();
             }
         }
-        self.events.push_back(Arc::clone(&event));
         // No receiver is fine: nobody is watching.
         let _ = self.feed.send(event);
     }
@@ -113,6 +150,10 @@ mod tests {
     use super::*;
     use crate::store::{EventKind, Record};
 
+    fn limits(events: usize, bytes: usize) -> HistoryLimits {
+        HistoryLimits { events, bytes }
+    }
+
     fn put(key: &str, rev: Revision) -> Event {
         Event {
             kind: EventKind::Put,
@@ -128,7 +169,7 @@ mod tests {
 
     #[tokio::test]
     async fn replays_then_follows_only_matching_keys() {
-        let mut history = History::new(0, 10);
+        let mut history = History::new(0, limits(10, usize::MAX));
         history.push(put("/a/1", 1));
         history.push(put("/b/1", 2));
         history.push(put("/a/2", 3));
@@ -143,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn too_old_revisions_are_refused() {
-        let mut history = History::new(5, 2);
+        let mut history = History::new(5, limits(2, usize::MAX));
         assert!(matches!(
             history.watch("/", 4),
             Err(StoreError::Compacted {
@@ -160,5 +201,30 @@ mod tests {
             history.watch("/", 6),
             Err(StoreError::Compacted { .. })
         ));
+    }
+
+    #[test]
+    fn large_events_are_dropped_by_bytes_before_count() {
+        let big = |key: &str, rev: Revision| {
+            let mut event = put(key, rev);
+            event.record.value = Arc::from(vec![b'x'; 1000]);
+            event
+        };
+        let mut history = History::new(0, limits(100, 2500));
+        for rev in 1..=5 {
+            history.push(big("/a", rev));
+        }
+        // Two events of 1002 bytes fit in 2500; the third would not.
+        assert_eq!(history.events.len(), 2);
+        assert!(history.bytes <= 2500);
+        assert!(history.watch("/", 3).is_ok());
+        assert!(matches!(
+            history.watch("/", 2),
+            Err(StoreError::Compacted { oldest: 3, .. })
+        ));
+        // One event larger than the whole limit is still kept alone.
+        let mut history = History::new(0, limits(100, 10));
+        history.push(big("/a", 1));
+        assert_eq!(history.events.len(), 1);
     }
 }

@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 
 pub use embedded::EmbeddedStore;
 pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
+pub use history::HistoryLimits;
 
 /// A position in the store's history; every write takes the next one.
 pub type Revision = u64;
