@@ -201,3 +201,100 @@ fn the_default_profile_confines_the_container() {
     assert!(out.contains("unshared"), "{out} {err}");
     bed.finish();
 }
+
+/// A static program that tries to make each kind of namespace with `clone`
+/// and one with `clone3`, printing `NAME ok` or `NAME errno=N` per try, and
+/// a plain `clone` (a fork) as the control.
+const CLONE_PROBE_C: &str = r#"
+#define _GNU_SOURCE
+#include <errno.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static void report(const char *name, long ret) {
+    if (ret == 0) _exit(0);
+    if (ret > 0) { waitpid(ret, 0, 0); printf("%s ok\n", name); }
+    else printf("%s errno=%d\n", name, errno);
+}
+
+int main(void) {
+    struct { const char *name; unsigned long flag; } kinds[] = {
+        {"plain", 0}, {"newns", CLONE_NEWNS}, {"newcgroup", CLONE_NEWCGROUP},
+        {"newuts", CLONE_NEWUTS}, {"newipc", CLONE_NEWIPC},
+        {"newuser", CLONE_NEWUSER}, {"newpid", CLONE_NEWPID}, {"newnet", CLONE_NEWNET},
+    };
+    for (unsigned i = 0; i < sizeof kinds / sizeof kinds[0]; i++)
+        report(kinds[i].name, syscall(SYS_clone, kinds[i].flag | SIGCHLD, 0, 0, 0, 0));
+    struct { uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls; } args = {0};
+    args.flags = CLONE_NEWUSER;
+    args.exit_signal = SIGCHLD;
+    report("clone3", syscall(SYS_clone3, &args, sizeof args));
+    fflush(stdout);
+    return 0;
+}
+"#;
+
+/// Compiles [`CLONE_PROBE_C`] statically into `rootfs/clone-probe`.
+fn build_clone_probe(bundle: &std::path::Path) {
+    let source = bundle.join("clone-probe.c");
+    std::fs::write(&source, CLONE_PROBE_C).expect("write probe source");
+    let status = std::process::Command::new("cc")
+        .args(["-static", "-O1", "-o"])
+        .arg(bundle.join("rootfs/clone-probe"))
+        .arg(&source)
+        .status()
+        .expect("run cc");
+    assert!(status.success(), "compiling the clone probe failed");
+}
+
+#[test]
+fn the_default_profile_refuses_new_namespaces_through_clone_and_clone3() {
+    let bed = Bed::new("clone");
+    let bundle = bed.bundle("b", &["/clone-probe"], |_| {});
+    build_clone_probe(&bundle);
+    let (code, out, err) = output(
+        &bed,
+        &["run", "--bundle", bundle.to_str().expect("path"), "c1"],
+    );
+    assert_eq!(code, Some(0), "{out} {err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.contains(&"plain ok"), "{out}");
+    for kind in [
+        "newns",
+        "newcgroup",
+        "newuts",
+        "newipc",
+        "newuser",
+        "newpid",
+        "newnet",
+    ] {
+        let expected = format!("{kind} errno={}", libc::EPERM);
+        assert!(lines.contains(&expected.as_str()), "{kind}: {out}");
+    }
+    let enosys = format!("clone3 errno={}", libc::ENOSYS);
+    assert!(
+        lines.contains(&enosys.as_str()),
+        "clone3 is not ENOSYS: {out}"
+    );
+
+    // Without the profile a new user namespace is made: the probe can tell.
+    let bundle = bed.bundle("open", &["/clone-probe"], |doc| {
+        doc["linux"]
+            .as_object_mut()
+            .expect("linux")
+            .remove("seccomp");
+    });
+    build_clone_probe(&bundle);
+    let (_, out, err) = output(
+        &bed,
+        &["run", "--bundle", bundle.to_str().expect("path"), "c2"],
+    );
+    assert!(out.lines().any(|l| l == "newuser ok"), "{out} {err}");
+    assert!(out.lines().any(|l| l == "clone3 ok"), "{out} {err}");
+    bed.finish();
+}
