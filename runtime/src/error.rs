@@ -41,6 +41,9 @@ pub enum Error {
         status: &'static str,
         op: &'static str,
     },
+    /// The configuration is wrong; the message names the field.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
     /// The configuration asks for something this runtime does not do.
     #[error("unsupported: {0}")]
     Unsupported(&'static str),

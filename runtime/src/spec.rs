@@ -152,6 +152,7 @@ pub(crate) fn prepare(
     cgroup_parent: &Path,
     id: &str,
 ) -> Result<()> {
+    validate(spec)?;
     let root = spec
         .root()
         .as_ref()
@@ -184,6 +185,102 @@ pub(crate) fn prepare(
         linux.set_cgroups_path(Some(parent.join(id)));
     }
     Ok(())
+}
+
+/// The kernel's limit on one argument or environment string
+/// (`MAX_ARG_STRLEN`).
+const MAX_ARG_BYTES: usize = 32 * 4096;
+
+/// The id `(uid_t)-1`, which `setuid` and friends read as "leave unchanged".
+const NO_ID: u32 = u32::MAX;
+
+/// Checks what libcontainer would otherwise trip over halfway through, or
+/// accept wrongly, so `create` refuses before it touches anything: a
+/// process with no or oversized arguments, a relative working directory,
+/// a user or group id of `(uid_t)-1`, and a cgroups path leaving its
+/// hierarchy.
+pub(crate) fn validate(spec: &Spec) -> Result<()> {
+    let invalid = |m: String| Err(Error::InvalidConfig(m));
+    let Some(process) = spec.process() else {
+        return invalid("`process` is missing".to_owned());
+    };
+    let args = process.args().as_deref().unwrap_or_default();
+    if args.is_empty() {
+        return invalid("`process.args` is empty: name the program to run".to_owned());
+    }
+    let env = process.env().as_deref().unwrap_or_default();
+    for (what, strings) in [("process.args", args), ("process.env", env)] {
+        if let Some((i, s)) = strings
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.len() >= MAX_ARG_BYTES)
+        {
+            return invalid(format!(
+                "`{what}[{i}]` is {} bytes; the kernel takes at most {} per string",
+                s.len(),
+                MAX_ARG_BYTES - 1
+            ));
+        }
+    }
+    // What execve copies: every string with its NUL and a pointer to it.
+    let total: usize = args
+        .iter()
+        .chain(env)
+        .map(|s| s.len() + 1 + std::mem::size_of::<usize>())
+        .sum();
+    let arg_max = arg_max();
+    if total > arg_max {
+        return invalid(format!(
+            "`process.args` and `process.env` take {total} bytes; the kernel takes at most {arg_max}"
+        ));
+    }
+    if !process.cwd().is_absolute() {
+        return invalid(format!(
+            "`process.cwd` {:?} must be an absolute path",
+            process.cwd()
+        ));
+    }
+    let user = process.user();
+    if user.uid() == NO_ID || user.gid() == NO_ID {
+        return invalid(format!(
+            "`process.user` uid {} gid {}: {NO_ID} is (uid_t)-1, not a user or group",
+            user.uid(),
+            user.gid()
+        ));
+    }
+    if user
+        .additional_gids()
+        .as_ref()
+        .is_some_and(|g| g.contains(&NO_ID))
+    {
+        return invalid(format!(
+            "`process.user.additionalGids` holds {NO_ID}, which is (gid_t)-1"
+        ));
+    }
+    if let Some(path) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    {
+        if path
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+        {
+            return invalid(format!(
+                "`linux.cgroupsPath` {path:?} must not contain `..`: it would leave the cgroup hierarchy"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The kernel's limit on arguments and environment together (`ARG_MAX`).
+fn arg_max() -> usize {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::ARG_MAX)
+        .ok()
+        .flatten()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(128 * 1024)
 }
 
 fn absolute(bundle: &Path, path: &Path) -> PathBuf {

@@ -83,3 +83,73 @@ fn a_duplicate_id() {
     bed.ok(&["delete", "--force", "d1"]);
     bed.finish();
 }
+
+/// A change to a bundle's configuration.
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
+#[test]
+fn configurations_runc_refuses_are_refused_before_anything_is_made() {
+    let bed = Bed::new("badcfg");
+    let bundle_path = |b: &std::path::Path| b.to_str().expect("path").to_owned();
+    let cases: Vec<(&str, Edit, &str)> = vec![
+        (
+            "uid",
+            Box::new(|doc| doc["process"]["user"]["uid"] = 4_294_967_295u32.into()),
+            "(uid_t)-1",
+        ),
+        (
+            "gid",
+            Box::new(|doc| doc["process"]["user"]["gid"] = 4_294_967_295u32.into()),
+            "(uid_t)-1",
+        ),
+        (
+            "cgroup",
+            Box::new(|doc| doc["linux"]["cgroupsPath"] = "/berth/../../escape".into()),
+            "linux.cgroupsPath",
+        ),
+        (
+            "noargs",
+            Box::new(|doc| doc["process"]["args"] = serde_json::json!([])),
+            "`process.args` is empty",
+        ),
+        (
+            "hugearg",
+            Box::new(|doc| {
+                doc["process"]["args"] = serde_json::json!(["echo", "x".repeat(200_000)])
+            }),
+            "`process.args[1]` is 200000 bytes",
+        ),
+        (
+            "hugeargs",
+            Box::new(|doc| {
+                doc["process"]["args"] = (0..40).map(|_| "y".repeat(100_000)).collect();
+            }),
+            "the kernel takes at most",
+        ),
+        (
+            "cwd",
+            Box::new(|doc| doc["process"]["cwd"] = "relative/dir".into()),
+            "`process.cwd` \"relative/dir\" must be an absolute path",
+        ),
+    ];
+    for (name, edit, expected) in cases {
+        let bundle = bed.bundle(name, &["true"], |doc| edit(doc));
+        let err = bed.fails(&["create", "--bundle", &bundle_path(&bundle), name]);
+        assert!(
+            err.contains("invalid configuration") && err.contains(expected),
+            "{name}: {err}"
+        );
+        assert!(bed.fails(&["state", name]).contains("does not exist"));
+    }
+    // Nothing was made outside the hierarchy by the `..` path.
+    for hierarchy in common::cgroup_hierarchies() {
+        assert!(
+            !hierarchy
+                .parent()
+                .is_some_and(|p| p.join("escape").exists()),
+            "a cgroup escaped next to {}",
+            hierarchy.display()
+        );
+    }
+    bed.finish();
+}
