@@ -104,9 +104,13 @@ impl NetConf {
 
     /// Decodes and validates stdin.
     pub fn parse(stdin: &[u8]) -> Result<Self> {
-        let raw: Raw = serde_json::from_slice(stdin).map_err(|e| {
+        // Through a Value first: its parser bounds nesting (128 levels),
+        // where skipping unknown fields of a struct would not.
+        let decode = |e: serde_json::Error| {
             CniError::new(Code::Decode, "cannot decode the network configuration", e)
-        })?;
+        };
+        let value: serde_json::Value = serde_json::from_slice(stdin).map_err(decode)?;
+        let raw: Raw = serde_json::from_value(value).map_err(decode)?;
         let cni_version = raw
             .cni_version
             .ok_or_else(|| invalid("cniVersion is required", "set \"cniVersion\": \"1.1.0\""))?;
@@ -120,8 +124,16 @@ impl NetConf {
         let name = raw
             .name
             .ok_or_else(|| invalid("name is required", "the network's name"))?;
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            return Err(invalid("invalid network name", format!("{name:?}")));
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || name.contains('/')
+            || name.len() > MAX_NAME_BYTES
+        {
+            return Err(invalid(
+                "invalid network name",
+                format!("{name:?}: 1 to {MAX_NAME_BYTES} bytes, no '/'"),
+            ));
         }
         if let Some(t) = raw.plugin_type.as_deref() {
             if t != PLUGIN_TYPE {
@@ -160,6 +172,21 @@ impl NetConf {
                 format!("{subnet}: at most /30"),
             ));
         }
+        if subnet.prefix() < MIN_SUBNET_PREFIX {
+            return Err(invalid(
+                "subnet too large",
+                format!("{subnet}: a node's pod CIDR is at least a /{MIN_SUBNET_PREFIX}"),
+            ));
+        }
+        if let Some(special) = RESERVED
+            .iter()
+            .find(|(net, _)| net.contains(subnet.network()) || subnet.contains(net.network()))
+        {
+            return Err(invalid(
+                "subnet in a reserved range",
+                format!("{subnet} overlaps {} ({})", special.0, special.1),
+            ));
+        }
         let cluster_cidr = raw
             .cluster_cidr
             .as_deref()
@@ -179,6 +206,15 @@ impl NetConf {
                 "traffic to the cluster CIDR must not be masqueraded; name it",
             ));
         }
+        let data_dir = raw
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        if !data_dir.is_absolute() {
+            return Err(invalid(
+                "dataDir must be an absolute path",
+                format!("{data_dir:?} would depend on the runtime's working directory"),
+            ));
+        }
         let prev_result = raw
             .prev_result
             .map(|v| {
@@ -195,12 +231,35 @@ impl NetConf {
             cluster_cidr,
             ip_masq: raw.ip_masq,
             hairpin: raw.hairpin_mode,
-            data_dir: raw
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR)),
+            data_dir,
             prev_result,
             valid_attachments: raw.valid_attachments.map(|v| v.into_iter().collect()),
         })
+    }
+}
+
+/// Longest network name: with a container id and an interface name it must
+/// fit a link alias (255 bytes).
+const MAX_NAME_BYTES: usize = 64;
+
+/// The shortest prefix a node's pod subnet may have.
+const MIN_SUBNET_PREFIX: u8 = 8;
+
+/// Ranges no pod subnet may overlap: addresses that mean something else to
+/// the kernel or the network.
+const RESERVED: &[(Ipv4Network, &str)] = &[
+    (net(0, 0, 0, 0, 8), "\"this network\""),
+    (net(127, 0, 0, 0, 8), "loopback"),
+    (net(169, 254, 0, 0, 16), "link-local"),
+    (net(224, 0, 0, 0, 4), "multicast"),
+    (net(240, 0, 0, 0, 4), "reserved, and broadcast"),
+];
+
+/// A network for [`RESERVED`] (each one valid by construction).
+const fn net(a: u8, b: u8, c: u8, d: u8, prefix: u8) -> Ipv4Network {
+    match Ipv4Network::new_checked(Ipv4Addr::new(a, b, c, d), prefix) {
+        Some(n) => n,
+        None => panic!("invalid reserved range"),
     }
 }
 

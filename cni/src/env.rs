@@ -90,7 +90,7 @@ impl Env {
             return Err(CniError::new(
                 Code::InvalidEnvironment,
                 "invalid CNI_CONTAINERID",
-                format!("{container_id:?}: only letters, digits, '_', '.' and '-', starting with a letter or digit"),
+                format!("{:?}: at most {MAX_CONTAINER_ID_BYTES} letters, digits, '_', '.' and '-', starting with a letter or digit", truncated(&container_id)),
             ));
         }
         let ifname = required("CNI_IFNAME")?;
@@ -124,11 +124,25 @@ impl Env {
     }
 }
 
-/// The spec's container id rule: `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`.
+/// Longest container id: runtimes use 64 hex digits; with the network and
+/// interface names it must fit a link alias (255 bytes).
+const MAX_CONTAINER_ID_BYTES: usize = 128;
+
+/// The spec's container id rule, `^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, and at
+/// most [`MAX_CONTAINER_ID_BYTES`].
 fn valid_container_id(id: &str) -> bool {
     let mut chars = id.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+    id.len() <= MAX_CONTAINER_ID_BYTES
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// At most the first 80 characters of `text`, for error messages.
+fn truncated(text: &str) -> String {
+    match text.char_indices().nth(80) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
 }
 
 /// Linux interface names: 1–15 bytes, no '/', ':' or whitespace, not "." or "..".

@@ -154,6 +154,17 @@ pub fn link_controller(link: &LinkMessage) -> Option<u32> {
     })
 }
 
+/// Whether `link` is a bridge (its link info names the `bridge` kind).
+pub fn link_is_bridge(link: &LinkMessage) -> bool {
+    use netlink_packet_route::link::{InfoKind, LinkInfo};
+    link.attributes.iter().any(|a| match a {
+        LinkAttribute::LinkInfo(infos) => infos
+            .iter()
+            .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))),
+        _ => false,
+    })
+}
+
 /// A hash that never changes between builds or versions, for names and
 /// addresses derived from identities (veth names, VTEP MACs): FNV-1a
 /// (64-bit), then MurmurHash3's finalizer so that inputs differing in one

@@ -25,8 +25,8 @@ use crate::error::{CniError, Code, Result};
 use crate::ipam::Leases;
 use crate::masq;
 use crate::netlink::{
-    self, delete_link, errno, link_alias, link_by_index, link_by_name, link_controller, link_mac,
-    link_mtu, link_name, link_peer,
+    self, delete_link, errno, link_alias, link_by_index, link_by_name, link_controller,
+    link_is_bridge, link_mac, link_mtu, link_name, link_peer,
 };
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::retire;
@@ -185,8 +185,11 @@ async fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value> {
     })?;
     let netns = open_netns(netns_path)?;
     let owner = owner_of(env);
-    let leases = Leases::lock(&conf.data_dir, &conf.name)?;
     let host = connect_host()?;
+    // A configured "bridge" that names another device is refused before
+    // anything (leases included) is touched.
+    existing_bridge(&host, conf).await?;
+    let leases = Leases::lock(&conf.data_dir, &conf.name)?;
     let pod = connect_pod(netns_path)?;
     let existing = link_by_name(&pod, &env.ifname)
         .await
@@ -250,14 +253,30 @@ async fn add(env: &Env, conf: &NetConf) -> Result<serde_json::Value> {
     }
 }
 
+/// The node's bridge if it exists; an error if the name is taken by
+/// another kind of device (lo, eth0), which must never get the gateway.
+async fn existing_bridge(host: &Handle, conf: &NetConf) -> Result<Option<LinkMessage>> {
+    match link_by_name(host, &conf.bridge)
+        .await
+        .map_err(|e| kernel("read links", e))?
+    {
+        Some(link) if !link_is_bridge(&link) => Err(CniError::new(
+            Code::InvalidConfig,
+            "bridge names a device that is not a bridge",
+            format!(
+                "{:?} exists and is not a bridge; name another device in \"bridge\"",
+                conf.bridge
+            ),
+        )),
+        found => Ok(found),
+    }
+}
+
 /// The bridge, created with the gateway address when missing; idempotent.
 /// Also says whether anything had to be made (node setup).
 async fn ensure_bridge(host: &Handle, conf: &NetConf) -> Result<(LinkMessage, bool)> {
     let mut made = false;
-    let link = match link_by_name(host, &conf.bridge)
-        .await
-        .map_err(|e| kernel("read links", e))?
-    {
+    let link = match existing_bridge(host, conf).await? {
         Some(link) => link,
         None => {
             made = true;

@@ -445,6 +445,8 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     let node = setup.node();
     let pod = node.add_pod("bad").expect("pod");
     let before = node_links(node);
+    let addresses = |dev: &str| node.netns().ip(&["-br", "addr", "show", "dev", dev]);
+    let lo_before = addresses("lo").expect("lo");
     let good = setup.conf("10.244.6.0/24");
     let netns = pod.path().display().to_string();
     let base = [
@@ -460,6 +462,26 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
     let mut bad_subnet = good.clone();
     bad_subnet["subnet"] = json!("10.244.6.0/33");
     let bad_subnet = serde_json::to_vec(&bad_subnet).expect("encode");
+    let edited = |field: &str, value: Value| {
+        let mut conf = good.clone();
+        conf[field] = value;
+        if field == "subnet" {
+            conf.as_object_mut().expect("conf").remove("clusterCIDR");
+            conf["ipMasq"] = json!(false);
+        }
+        serde_json::to_vec(&conf).expect("encode")
+    };
+    let whole_internet = edited("subnet", json!("0.0.0.0/0"));
+    let loopback_bridge = edited("bridge", json!("lo"));
+    let relative_data = edited("dataDir", json!("leases/here"));
+    let long_id = "c".repeat(10_000);
+    let long_id_vars = [
+        ("CNI_COMMAND", "ADD"),
+        ("CNI_CONTAINERID", long_id.as_str()),
+        ("CNI_NETNS", netns.as_str()),
+        ("CNI_IFNAME", "eth0"),
+    ];
+    let deep = format!("{}1{}", r#"{"a":"#.repeat(100_000), "}".repeat(100_000));
     let missing_ns = [
         ("CNI_COMMAND", "ADD"),
         ("CNI_CONTAINERID", "c"),
@@ -488,6 +510,16 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
             6,
         ),
         ("bad CIDR", base.to_vec(), &bad_subnet, 7),
+        ("subnet 0.0.0.0/0", base.to_vec(), &whole_internet, 7),
+        ("bridge lo", base.to_vec(), &loopback_bridge, 7),
+        ("relative dataDir", base.to_vec(), &relative_data, 7),
+        (
+            "10 000-character CNI_CONTAINERID",
+            long_id_vars.to_vec(),
+            &stdin,
+            4,
+        ),
+        ("100 000-deep JSON", base.to_vec(), deep.as_bytes(), 6),
         ("unknown namespace", missing_ns.to_vec(), &stdin, 3),
         (
             "a file that is no namespace",
@@ -512,9 +544,14 @@ fn bad_input_is_refused_with_its_code_and_changes_nothing() {
         before,
         "bad input changed the node's links"
     );
+    assert_eq!(addresses("lo").expect("lo"), lo_before, "lo was changed");
     assert!(
         !Path::new(&setup.data.0).exists(),
         "bad input created lease state"
+    );
+    assert!(
+        !node.netns().path().join("leases").exists() && !Path::new("leases").exists(),
+        "a relative dataDir was used"
     );
     assert!(pod.ip(&["link", "show", "eth0"]).is_err());
 }
