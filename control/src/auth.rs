@@ -208,6 +208,9 @@ pub struct Action<'a> {
     pub name: Option<&'a str>,
     /// For pods: the node the pod is bound to (`spec.nodeName`).
     pub bound_node: Option<&'a str>,
+    /// For ConfigMaps read by a node: whether a pod bound to that node uses
+    /// the one named (by the path, or a `metadata.name` field selector).
+    pub used_by_bound_pod: bool,
 }
 
 /// Whether `user` may do `action`.
@@ -219,6 +222,7 @@ pub fn authorize(user: &User, action: &Action<'_>) -> Result<(), ApiError> {
     let read = matches!(action.verb, "get" | "list" | "watch");
     let own = |name: Option<&str>| name == Some(node);
     let allowed = match action.resource {
+        "configmaps" | "secrets" if read => action.used_by_bound_pod,
         _ if read => true,
         "nodes" => own(action.name),
         "leases" => action.namespace == Some("kube-node-lease") && own(action.name),
@@ -268,6 +272,7 @@ mod tests {
             namespace: None,
             name,
             bound_node: None,
+            used_by_bound_pod: false,
         }
     }
 

@@ -5,13 +5,15 @@
 //! - [`resources`]: what the API serves;
 //! - [`object`], [`validate`], [`patch`], [`selector`]: object handling;
 //! - [`alloc`]: ClusterIPs, NodePorts and pod CIDRs;
-//! - [`pki`] and [`auth`]: certificates, tokens, who may do what.
+//! - [`pki`] and [`auth`]: certificates, tokens, who may do what;
+//!   [`node_restriction`]: what a node's own credentials may change.
 
 pub mod alloc;
 pub mod api;
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod node_restriction;
 pub mod object;
 pub mod patch;
 pub mod pki;

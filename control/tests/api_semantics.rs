@@ -20,6 +20,7 @@ on_both_stores!(
     stale_updates_conflict_and_generate_name_makes_names,
     bound_pods_are_deleted_gracefully_unbound_ones_at_once,
     node_credentials_write_only_their_own_objects,
+    node_credentials_are_restricted_as_kubelets_are,
     finalizers_hold_deletion_until_removed,
     watches_with_selectors_see_objects_leave_and_collections_delete,
     services_get_unique_cluster_ips_and_requested_ones_are_checked,
@@ -93,22 +94,7 @@ async fn bound_pods_are_deleted_gracefully_unbound_ones_at_once(backend: Backend
     assert_eq!(terminating.metadata.deletion_grace_period_seconds, Some(30));
 
     // The node confirms with a final delete.
-    let node_kubeconfig = server.data_dir().join("n0.kubeconfig");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-control"))
-        .args(["node-credentials", "--node", "n0", "--server"])
-        .arg(format!("https://{}", kubeconfig_server(&server)))
-        .arg("--data-dir")
-        .arg(server.data_dir())
-        .arg("--out")
-        .arg(&node_kubeconfig)
-        .output()
-        .expect("node-credentials");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let as_node: Api<Pod> = Api::namespaced(client_from(&node_kubeconfig).await, "default");
+    let as_node: Api<Pod> = Api::namespaced(node_client(&server, "n0").await, "default");
     as_node
         .delete("bound", &DeleteParams::default().grace_period(0))
         .await
@@ -124,21 +110,159 @@ fn kubeconfig_server(server: &Server) -> String {
         .to_string()
 }
 
-async fn node_credentials_write_only_their_own_objects(backend: Backend) {
-    let server = Server::start_on(backend, &[]);
-    let admin = server.client().await;
-    let path = server.data_dir().join("n1.kubeconfig");
+/// A client with node `node`'s credentials, made by `berth-control
+/// node-credentials` as the local cluster makes them.
+async fn node_client(server: &Server, node: &str) -> kube::Client {
+    let path = server.data_dir().join(format!("{node}.kubeconfig"));
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_berth-control"))
-        .args(["node-credentials", "--node", "n1", "--server"])
-        .arg(format!("https://{}", kubeconfig_server(&server)))
+        .args(["node-credentials", "--node", node, "--server"])
+        .arg(format!("https://{}", kubeconfig_server(server)))
         .arg("--data-dir")
         .arg(server.data_dir())
         .arg("--out")
         .arg(&path)
         .output()
         .expect("node-credentials");
-    assert!(out.status.success());
-    let node_client = client_from(&path).await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    client_from(&path).await
+}
+
+/// The status code of a refused request.
+fn code<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> u16 {
+    match result {
+        Err(kube::Error::Api(s)) => s.code,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+async fn node_credentials_are_restricted_as_kubelets_are(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let admin = server.client().await;
+    let n1 = node_client(&server, "n1").await;
+    let n2 = node_client(&server, "n2").await;
+    let node = |name: &str, ip: &str, mac: &str| -> Node {
+        from_json(json!({"metadata": {"name": name, "annotations": {
+            "berth.dev/underlay-ip": ip, "berth.dev/vtep-mac": mac}}}))
+    };
+    let n1_nodes: Api<Node> = Api::all(n1.clone());
+    n1_nodes
+        .create(
+            &PostParams::default(),
+            &node("n1", "172.30.0.2", "0a:00:00:00:00:01"),
+        )
+        .await
+        .expect("n1 registers");
+    // Another node may not claim n1's underlay address or VTEP MAC.
+    let n2_nodes: Api<Node> = Api::all(n2.clone());
+    let clash = n2_nodes
+        .create(
+            &PostParams::default(),
+            &node("n2", "172.30.0.2", "0a:00:00:00:00:02"),
+        )
+        .await;
+    assert_eq!(code(clash), 422);
+    n2_nodes
+        .create(
+            &PostParams::default(),
+            &node("n2", "172.30.0.3", "0a:00:00:00:00:02"),
+        )
+        .await
+        .expect("n2 registers with its own identity");
+    let stolen_mac =
+        json!({"metadata": {"annotations": {"berth.dev/vtep-mac": "0A:00:00:00:00:01"}}});
+    let clash = n2_nodes
+        .patch("n2", &PatchParams::default(), &Patch::Merge(&stolen_mac))
+        .await;
+    assert_eq!(code(clash), 422);
+
+    // No control-plane role or restricted labels on itself, through the
+    // object or its status.
+    let role = json!({"metadata": {"labels": {"node-role.kubernetes.io/control-plane": ""}}});
+    assert_eq!(
+        code(
+            n1_nodes
+                .patch("n1", &PatchParams::default(), &Patch::Merge(&role))
+                .await
+        ),
+        403
+    );
+    assert_eq!(
+        code(
+            n1_nodes
+                .patch_status("n1", &PatchParams::default(), &Patch::Merge(&role))
+                .await
+        ),
+        403
+    );
+    let plain = json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "a"}}});
+    n1_nodes
+        .patch("n1", &PatchParams::default(), &Patch::Merge(&plain))
+        .await
+        .expect("other labels are the node's to set");
+
+    // Pods' labels do not change through pods/status.
+    let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
+    pods.create(
+        &PostParams::default(),
+        &from_json(
+            json!({"metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox",
+                "envFrom": [{"configMapRef": {"name": "used"}}]}]}}),
+        ),
+    )
+    .await
+    .expect("create pod");
+    let n1_pods: Api<Pod> = Api::namespaced(n1.clone(), "default");
+    let relabel = json!({"metadata": {"labels": {"app": "db"}}, "status": {"phase": "Running"}});
+    assert_eq!(
+        code(
+            n1_pods
+                .patch_status("web", &PatchParams::default(), &Patch::Merge(&relabel))
+                .await
+        ),
+        403
+    );
+    let status = json!({"status": {"phase": "Running"}});
+    n1_pods
+        .patch_status("web", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("status only");
+
+    // ConfigMaps: only those its pods use, by name.
+    let maps: Api<ConfigMap> = Api::namespaced(admin, "default");
+    for name in ["used", "unused"] {
+        maps.create(
+            &PostParams::default(),
+            &from_json(json!({"metadata": {"name": name}, "data": {"k": "v"}})),
+        )
+        .await
+        .expect("create config map");
+    }
+    let n1_maps: Api<ConfigMap> = Api::namespaced(n1, "default");
+    n1_maps
+        .get("used")
+        .await
+        .expect("a config map its pod uses");
+    assert_eq!(code(n1_maps.get("unused").await), 403);
+    assert_eq!(code(n1_maps.list(&ListParams::default()).await), 403);
+    let one = ListParams::default().fields("metadata.name=used");
+    assert_eq!(n1_maps.list(&one).await.expect("by name").items.len(), 1);
+    let n2_maps: Api<ConfigMap> = Api::namespaced(n2, "default");
+    assert_eq!(
+        code(n2_maps.get("used").await),
+        403,
+        "another node's pod's map"
+    );
+}
+
+async fn node_credentials_write_only_their_own_objects(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let admin = server.client().await;
+    let node_client = node_client(&server, "n1").await;
     let nodes: Api<Node> = Api::all(node_client.clone());
     let own = nodes
         .create(

@@ -15,6 +15,7 @@ use super::{json_response, success_status, table, user_of, watch, Api};
 use crate::alloc::Claims;
 use crate::auth::{self, Action, User};
 use crate::error::ApiError;
+use crate::node_restriction;
 use crate::object;
 use crate::patch::{self, PatchType};
 use crate::resources::{self, Resource};
@@ -192,9 +193,10 @@ async fn handle_inner(
         .then(|| serde_json::from_slice::<Value>(&body).ok())
         .flatten()
         .and_then(|obj| object::name(&obj).map(String::from));
-    authorize(api, &user, verb, &target, created_name.as_deref()).await?;
+    authorize(api, &user, verb, &target, &query, created_name.as_deref()).await?;
     let ctx = Ctx {
         api,
+        user: &user,
         target: &target,
         query: &query,
         headers: &headers,
@@ -218,8 +220,26 @@ async fn authorize(
     user: &User,
     verb: &str,
     target: &Target,
+    query: &HashMap<String, String>,
     created_name: Option<&str>,
 ) -> Result<(), ApiError> {
+    let used_by_bound_pod = match user {
+        User::Node { node }
+            if target.resource.plural == "configmaps"
+                && matches!(verb, "get" | "list" | "watch") =>
+        {
+            let name = target.name.as_deref().or_else(|| {
+                query
+                    .get("fieldSelector")
+                    .and_then(|s| node_restriction::selected_name(s))
+            });
+            match (name, target.namespace.as_deref()) {
+                (Some(name), Some(namespace)) => used_by_pod_on(api, node, namespace, name).await?,
+                _ => false,
+            }
+        }
+        _ => false,
+    };
     let mut bound_node = None;
     if matches!(user, User::Node { .. })
         && target.resource.plural == "pods"
@@ -248,8 +268,34 @@ async fn authorize(
             namespace: target.namespace.as_deref(),
             name: target.name.as_deref().or(created_name),
             bound_node: bound_node.as_deref(),
+            used_by_bound_pod,
         },
     )
+}
+
+/// Whether a pod in `namespace` bound to `node` uses the ConfigMap `name`.
+async fn used_by_pod_on(
+    api: &Api,
+    node: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<bool, ApiError> {
+    let prefix = format!("/registry/pods/{namespace}/");
+    let (pods, _) = api
+        .0
+        .store
+        .list(&prefix)
+        .await
+        .map_err(|e| ApiError::from_store("pods", "", e))?;
+    for record in &pods {
+        let pod = object::from_record(record)?;
+        if pod.pointer("/spec/nodeName").and_then(Value::as_str) == Some(node)
+            && node_restriction::pod_uses_config_map(&pod, name)
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Whether the client asked for a Table (kubectl's human-readable output).
@@ -345,6 +391,7 @@ fn owner(target: &Target, name: &str) -> String {
 /// One request's context.
 struct Ctx<'a> {
     api: &'a Api,
+    user: &'a User,
     target: &'a Target,
     query: &'a HashMap<String, String>,
     headers: &'a HeaderMap,
@@ -353,6 +400,63 @@ struct Ctx<'a> {
 impl Ctx<'_> {
     fn resource(&self) -> &'static Resource {
         self.target.resource
+    }
+
+    /// Admission after defaults and before the write: what a node's
+    /// credentials may change (NodeRestriction), and no Node claiming
+    /// another's overlay identity. `old` is `None` for a create.
+    async fn admit(&self, old: Option<&Value>, new: &Value) -> Result<(), ApiError> {
+        let plural = self.resource().plural;
+        if let User::Node { node } = self.user {
+            match (plural, self.target.sub.as_deref(), old) {
+                // Status writes carry labels too.
+                ("nodes", _, _) => node_restriction::admit_node_object(node, old, new)?,
+                ("pods", Some("status"), Some(old)) => {
+                    node_restriction::admit_pod_status(node, old, new)?
+                }
+                _ => {}
+            }
+        }
+        let identity_changed = || {
+            node_restriction::OVERLAY_IDENTITY_ANNOTATIONS
+                .iter()
+                .any(|k| {
+                    let path = format!("/metadata/annotations/{}", k.replace('/', "~1"));
+                    old.and_then(|o| o.pointer(&path)) != new.pointer(&path)
+                })
+        };
+        if plural == "nodes" && identity_changed() {
+            let (records, _) = self
+                .api
+                .0
+                .store
+                .list("/registry/nodes/")
+                .await
+                .map_err(|e| store_error(self.target, e))?;
+            let nodes: Vec<(String, Value)> = records
+                .iter()
+                .map(|r| {
+                    let obj = object::from_record(r)?;
+                    Ok((object::name(&obj).unwrap_or_default().to_string(), obj))
+                })
+                .collect::<Result<_, ApiError>>()?;
+            if let Some((annotation, value, other)) = node_restriction::overlay_identity_clash(
+                new,
+                nodes.iter().map(|(n, o)| (n.as_str(), o)),
+            ) {
+                return Err(ApiError::invalid(
+                    "Node",
+                    object::name(new).unwrap_or_default(),
+                    &[(
+                        format!("metadata.annotations[{annotation}]"),
+                        format!(
+                            "Duplicate value: \"{value}\": already claimed by node \"{other}\""
+                        ),
+                    )],
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn read(&self) -> Result<(Record, Value), ApiError> {
@@ -463,6 +567,7 @@ impl Ctx<'_> {
         let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
         let dry = dry_run(self.query)?;
         let warnings = validate(resource, &obj, None, fields)?;
+        self.admit(None, &obj).await?;
         self.namespace_must_exist(&obj).await?;
         let name = object::name(&obj).unwrap_or_default().to_string();
         let claims = self.allocate(&mut obj, None, &name).await?;
@@ -548,6 +653,7 @@ impl Ctx<'_> {
         object::check_type(resource, &mut new)?;
         object::check_namespace(resource, &mut new, self.target.namespace.as_deref())?;
         object::prepare_update(resource, old, &mut new, self.target.sub.as_deref())?;
+        self.admit(Some(old), &new).await?;
         let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
         let dry = dry_run(self.query)?;
         let warnings = validate(resource, &new, Some(old), fields)?;
