@@ -185,10 +185,18 @@ impl Allocator {
             if port.get("targetPort").is_none() {
                 port["targetPort"] = port["port"].clone();
             }
-            let requested = port
-                .get("nodePort")
-                .and_then(Value::as_u64)
-                .filter(|p| *p != 0);
+            let requested = match port.get("nodePort") {
+                None | Some(Value::Null) => None,
+                Some(v) => match v.as_u64().filter(|p| *p <= u64::from(u16::MAX)) {
+                    Some(p) => Some(p).filter(|p| *p != 0),
+                    None => {
+                        return Err(invalid(
+                            &format!("spec.ports[{i}].nodePort"),
+                            format!("Invalid value: {v}: must be between 0 and 65535, inclusive"),
+                        ))
+                    }
+                },
+            };
             if !wants_node_ports {
                 if requested.is_some() {
                     return Err(invalid(
@@ -609,6 +617,19 @@ mod tests {
                 .service(&mut s, None, &format!("services/default/o{i}"))
                 .await
                 .unwrap();
+        }
+        for wrong in [json!(-5), json!(70000), json!("30000")] {
+            let mut bad = json!({"metadata": {"name": "o"}, "spec": {"type": "NodePort", "ports": [{"port": 80, "nodePort": wrong}]}});
+            let err = a
+                .service(&mut bad, None, "services/default/w")
+                .await
+                .unwrap_err();
+            assert_eq!(err.code, 422, "{wrong}");
+            assert!(
+                err.message.contains("between 0 and 65535"),
+                "{}",
+                err.message
+            );
         }
         let mut bad = json!({"metadata": {"name": "o"}, "spec": {"type": "ClusterIP", "ports": [{"port": 80, "nodePort": 30000}]}});
         assert_eq!(

@@ -313,7 +313,13 @@ mod tests {
     #[test]
     fn nodes_write_only_their_own_objects() {
         let n0 = User::Node { node: "n0".into() };
-        assert!(authorize(&n0, &action("list", "secrets", None)).is_ok());
+        assert!(authorize(&n0, &action("list", "services", None)).is_ok());
+        // ConfigMaps and Secrets only when a pod bound to the node uses them.
+        assert!(authorize(&n0, &action("list", "secrets", None)).is_err());
+        let mut used = action("get", "configmaps", Some("cfg"));
+        assert!(authorize(&n0, &used).is_err());
+        used.used_by_bound_pod = true;
+        assert!(authorize(&n0, &used).is_ok());
         assert!(authorize(&n0, &action("update", "nodes", Some("n0"))).is_ok());
         assert!(authorize(&n0, &action("update", "nodes", Some("n1"))).is_err());
         assert!(authorize(&n0, &action("create", "nodes", Some("n0"))).is_ok());

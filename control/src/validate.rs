@@ -38,10 +38,11 @@ impl FieldValidation {
 type Cause = (String, String);
 
 /// Checks `obj` (and, on update, what changed since `old`). Returns
-/// warnings for the client.
+/// warnings for the client. Unknown fields fail a strict validation and
+/// are otherwise removed from `obj` (with a warning under Warn).
 pub fn validate(
     resource: &Resource,
-    obj: &Value,
+    obj: &mut Value,
     old: Option<&Value>,
     fields: FieldValidation,
 ) -> Result<Vec<String>, ApiError> {
@@ -54,7 +55,8 @@ pub fn validate(
         ))
     })?;
     let mut unknown = Vec::new();
-    unknown_fields(obj, &decoded, "", &mut unknown);
+    let strict = matches!(fields, FieldValidation::Strict);
+    unknown_fields(obj, &decoded, "", &mut unknown, !strict);
     let warnings = match fields {
         FieldValidation::Strict if !unknown.is_empty() => {
             let list: Vec<String> = unknown
@@ -115,26 +117,43 @@ fn roundtrip(kind: &str, obj: &Value) -> Result<Value, serde_json::Error> {
     }
 }
 
-/// Paths of fields in `input` that decoding dropped (unknown to the type).
-fn unknown_fields(input: &Value, decoded: &Value, path: &str, out: &mut Vec<String>) {
+/// Paths of fields in `input` that decoding dropped (unknown to the type);
+/// with `strip`, those fields are removed from `input`, as kube-apiserver
+/// drops them unless validation is strict.
+fn unknown_fields(
+    input: &mut Value,
+    decoded: &Value,
+    path: &str,
+    out: &mut Vec<String>,
+    strip: bool,
+) {
     match (input, decoded) {
         (Value::Object(a), Value::Object(b)) => {
-            for (key, value) in a {
+            let mut dropped = Vec::new();
+            for (key, value) in a.iter_mut() {
                 let sub = if path.is_empty() {
                     key.clone()
                 } else {
                     format!("{path}.{key}")
                 };
                 match b.get(key) {
-                    Some(d) => unknown_fields(value, d, &sub, out),
-                    None if !value.is_null() && !is_empty_container(value) => out.push(sub),
+                    Some(d) => unknown_fields(value, d, &sub, out, strip),
+                    None if !value.is_null() && !is_empty_container(value) => {
+                        out.push(sub);
+                        dropped.push(key.clone());
+                    }
                     None => {}
+                }
+            }
+            if strip {
+                for key in dropped {
+                    a.remove(&key);
                 }
             }
         }
         (Value::Array(a), Value::Array(b)) => {
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                unknown_fields(x, y, &format!("{path}[{i}]"), out);
+            for (i, (x, y)) in a.iter_mut().zip(b).enumerate() {
+                unknown_fields(x, y, &format!("{path}[{i}]"), out, strip);
             }
         }
         _ => {}
@@ -405,7 +424,7 @@ mod tests {
     fn a_valid_deployment_passes() {
         let d = find("apps", "v1", "deployments").unwrap();
         assert_eq!(
-            validate(d, &deployment(), None, FieldValidation::Strict).unwrap(),
+            validate(d, &mut deployment(), None, FieldValidation::Strict).unwrap(),
             Vec::<String>::new()
         );
     }
@@ -415,18 +434,25 @@ mod tests {
         let d = find("apps", "v1", "deployments").unwrap();
         let mut obj = deployment();
         obj["spec"]["replica"] = json!(3);
-        let err = validate(d, &obj, None, FieldValidation::Strict).unwrap_err();
+        let err = validate(d, &mut obj, None, FieldValidation::Strict).unwrap_err();
         assert_eq!(err.code, 400);
         assert!(
             err.message.contains("unknown field \"spec.replica\""),
             "{}",
             err.message
         );
-        let warnings = validate(d, &obj, None, FieldValidation::Warn).unwrap();
+        let warnings = validate(d, &mut obj, None, FieldValidation::Warn).unwrap();
         assert_eq!(warnings, ["unknown field \"spec.replica\""]);
-        assert!(validate(d, &obj, None, FieldValidation::Ignore)
+        // Warn and Ignore drop the field, as kube-apiserver does.
+        assert!(obj["spec"].get("replica").is_none(), "{obj}");
+        assert_eq!(obj["spec"]["replicas"], 2);
+        obj["spec"]["template"]["spec"]["containers"][0]["imagePolicy"] = json!("x");
+        assert!(validate(d, &mut obj, None, FieldValidation::Ignore)
             .unwrap()
             .is_empty());
+        assert!(obj["spec"]["template"]["spec"]["containers"][0]
+            .get("imagePolicy")
+            .is_none());
     }
 
     #[test]
@@ -434,7 +460,7 @@ mod tests {
         let d = find("apps", "v1", "deployments").unwrap();
         let mut obj = deployment();
         obj["spec"]["replicas"] = json!("two");
-        let err = validate(d, &obj, None, FieldValidation::Warn).unwrap_err();
+        let err = validate(d, &mut obj, None, FieldValidation::Warn).unwrap_err();
         assert_eq!(err.code, 400);
     }
 
@@ -445,7 +471,7 @@ mod tests {
         obj["metadata"]["name"] = json!("Web_1");
         obj["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
         obj["spec"]["template"]["spec"]["containers"][0]["image"] = json!("");
-        let err = validate(d, &obj, None, FieldValidation::Warn).unwrap_err();
+        let err = validate(d, &mut obj, None, FieldValidation::Warn).unwrap_err();
         assert_eq!(err.code, 422);
         let fields: Vec<&str> = err.details.as_ref().unwrap()["causes"]
             .as_array()
@@ -470,7 +496,7 @@ mod tests {
         let mut new = deployment();
         new["spec"]["selector"]["matchLabels"]["tier"] = json!("x");
         new["spec"]["template"]["metadata"]["labels"]["tier"] = json!("x");
-        let err = validate(d, &new, Some(&old), FieldValidation::Warn).unwrap_err();
+        let err = validate(d, &mut new, Some(&old), FieldValidation::Warn).unwrap_err();
         assert!(
             err.message
                 .contains("spec.selector: Invalid value: field is immutable"),
@@ -480,9 +506,9 @@ mod tests {
 
         let s = find("", "v1", "services").unwrap();
         let old = json!({"metadata": {"name": "a"}, "spec": {"clusterIP": "10.96.0.5", "ports": [{"port": 80}]}});
-        let new = json!({"metadata": {"name": "a"}, "spec": {"clusterIP": "10.96.0.6", "ports": [{"port": 80}]}});
+        let mut new = json!({"metadata": {"name": "a"}, "spec": {"clusterIP": "10.96.0.6", "ports": [{"port": 80}]}});
         assert_eq!(
-            validate(s, &new, Some(&old), FieldValidation::Warn)
+            validate(s, &mut new, Some(&old), FieldValidation::Warn)
                 .unwrap_err()
                 .code,
             422

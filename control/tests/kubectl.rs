@@ -351,9 +351,37 @@ fn bad_manifests_are_refused_with_readable_errors(backend: Backend) {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("error"));
 
+    // A NodePort out of range, negative included.
+    let negative = write_manifest(
+        &server,
+        "negative.yaml",
+        "apiVersion: v1\nkind: Service\nmetadata: {name: neg}\nspec:\n  type: NodePort\n  ports: [{port: 80, nodePort: -5}]\n",
+    );
+    let out = server.kubectl(&["create", "-f", &negative]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("spec.ports[0].nodePort"), "{err}");
+
     // Nothing of the refused objects was stored.
     let all = server.kubectl_ok(&["get", "deployments", "-o", "name"]);
     assert_eq!(all.trim(), "");
+    let services = server.kubectl_ok(&["get", "services", "-o", "name"]);
+    assert!(!services.contains("neg"), "{services}");
+
+    // With validation at warn, an unknown field is reported and dropped,
+    // as kube-apiserver drops it.
+    let deployment_only = APP.split("---").next().expect("deployment");
+    let unknown = write_manifest(
+        &server,
+        "unknown-deployment.yaml",
+        &deployment_only.replace("replicas: 2", "replicaz: 2"),
+    );
+    let out = server.kubectl(&["create", "--validate=warn", "-f", &unknown]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("unknown field 'spec.replicaz'"), "{err}");
+    let stored = server.kubectl_ok(&["get", "deployment", "web", "-o", "json"]);
+    assert!(!stored.contains("replicaz"), "{stored}");
 }
 
 fn the_kubernetes_service_has_this_servers_endpoint(backend: Backend) {

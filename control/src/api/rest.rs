@@ -566,7 +566,7 @@ impl Ctx<'_> {
         apply_defaults(resource.kind, &mut obj);
         let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
         let dry = dry_run(self.query)?;
-        let warnings = validate(resource, &obj, None, fields)?;
+        let warnings = validate(resource, &mut obj, None, fields)?;
         self.admit(None, &obj).await?;
         self.namespace_must_exist(&obj).await?;
         let name = object::name(&obj).unwrap_or_default().to_string();
@@ -656,7 +656,7 @@ impl Ctx<'_> {
         self.admit(Some(old), &new).await?;
         let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
         let dry = dry_run(self.query)?;
-        let warnings = validate(resource, &new, Some(old), fields)?;
+        let warnings = validate(resource, &mut new, Some(old), fields)?;
         if let Some(expected) = expected {
             if expected != record.mod_revision {
                 return Err(ApiError::conflict(resource.plural, self.target.name()));

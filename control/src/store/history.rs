@@ -203,8 +203,8 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn large_events_are_dropped_by_bytes_before_count() {
+    #[tokio::test]
+    async fn large_events_are_dropped_by_bytes_before_count() {
         let big = |key: &str, rev: Revision| {
             let mut event = put(key, rev);
             event.record.value = Arc::from(vec![b'x'; 1000]);
