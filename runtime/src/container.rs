@@ -214,11 +214,29 @@ impl Runtime {
         if let Some(path) = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone()) {
             remove_cgroup(id, &path)?;
         }
+        self.remove_private(id)
+    }
+
+    /// Removes container `id`'s private directory, and the directory of
+    /// private directories once it is empty: a state root holds nothing
+    /// when no container exists.
+    fn remove_private(&self, id: &str) -> Result<()> {
         let private = self.private_dir(id);
         if private.exists() {
             fs::remove_dir_all(&private).map_err(Error::io(&private))?;
         }
-        Ok(())
+        let parent = self.root.join(PRIVATE_DIR);
+        match fs::remove_dir(&parent) {
+            Ok(()) => Ok(()),
+            // Another container's, or already gone.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTEMPTY) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(Error::io(&parent)(e)),
+        }
     }
 
     /// Runs the user's program in a created container.
@@ -282,11 +300,10 @@ impl Runtime {
         if !dir.join("state.json").exists() {
             // An aborted create can leave a directory without state.
             let existed = dir.exists() || private.exists();
-            for path in [&dir, &private] {
-                if path.exists() {
-                    fs::remove_dir_all(path).map_err(Error::io(path))?;
-                }
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(Error::io(&dir))?;
             }
+            self.remove_private(id)?;
             return if existed || force {
                 Ok(())
             } else {
@@ -303,10 +320,7 @@ impl Runtime {
             return Err(wrong_status(&container, "delete"));
         }
         container.delete(force)?;
-        if private.exists() {
-            fs::remove_dir_all(&private).map_err(Error::io(&private))?;
-        }
-        Ok(())
+        self.remove_private(id)
     }
 
     /// Freezes every process of a running container.

@@ -177,16 +177,9 @@ impl Bed {
     pub fn leftovers(&self) -> Vec<String> {
         let mut found = Vec::new();
         if let Ok(entries) = std::fs::read_dir(&self.root) {
-            for e in entries.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name == ".berth" {
-                    if let Ok(private) = std::fs::read_dir(e.path()) {
-                        found.extend(private.flatten().map(|p| p.path().display().to_string()));
-                    }
-                } else {
-                    found.push(e.path().display().to_string());
-                }
-            }
+            // Nothing at all, not even an empty `.berth`: a runtime's root
+            // is empty when no container exists.
+            found.extend(entries.flatten().map(|e| e.path().display().to_string()));
         }
         for hierarchy in cgroup_hierarchies() {
             let parent = hierarchy.join(&self.prefix);
