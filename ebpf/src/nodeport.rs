@@ -98,13 +98,13 @@ pub fn attach_nodeport(config: &NodePortConfig, devices: &NodePortDevices) -> Re
     let mut open = NodeportSkelBuilder::default()
         .open(&mut object)
         .map_err(|e| Error::bpf("open nodeport object", e))?;
-    bpffs::pin_lb4_maps!(open.maps, config)?;
-    bpffs::size_and_pin(
+    let mut resized = bpffs::pin_lb4_maps!(open.maps, config)?;
+    resized.extend(bpffs::size_and_pin(
         &mut open.maps.lb4_ct,
         CT_MAP,
         config.map_sizes.ct,
         &config.pin_dir,
-    )?;
+    )?);
     if let Some(rodata) = open.maps.rodata_data.as_deref_mut() {
         rodata.snat_address = u32::from_ne_bytes(config.snat.octets());
         let (first, last) = match config.snat_ports {
@@ -118,6 +118,7 @@ pub fn attach_nodeport(config: &NodePortConfig, devices: &NodePortDevices) -> Re
         rodata.nat_port_span = last.saturating_sub(first).saturating_add(1);
     }
     let skel = open.load().map_err(|e| Error::bpf("load nodeport", e))?;
+    bpffs::copy_resized(resized)?;
     let mut attachments = vec![(&skel.progs.berth_nodeport, devices.underlay)];
     attachments.extend(
         devices

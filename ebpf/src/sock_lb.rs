@@ -75,16 +75,14 @@ impl SockLb {
         let mut open = SockLbSkelBuilder::default()
             .open(&mut object)
             .map_err(|e| Error::bpf("open sock_lb object", e))?;
-        bpffs::pin_lb4_maps!(open.maps, config)?;
+        let resized = bpffs::pin_lb4_maps!(open.maps, config)?;
         let skel = open.load().map_err(|e| {
             Error::bpf(
-                format!(
-                    "load sock_lb (maps pinned in {} with another layout or size must be removed first)",
-                    config.pin_dir.display()
-                ),
+                format!("load sock_lb (maps pinned in {})", config.pin_dir.display()),
                 e,
             )
         })?;
+        bpffs::copy_resized(resized)?;
 
         let mut links = Vec::new();
         for (hook, pin_name) in HOOKS {

@@ -332,6 +332,37 @@ fn maps_pinned_with_an_older_layout_are_recreated() {
 }
 
 #[test]
+fn a_new_map_size_takes_effect_at_the_next_start_and_keeps_the_entries() {
+    require_root();
+    let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
+    let node = &testbed.nodes()[0];
+    let attach_sized = |services: u32| {
+        let config = SockLbConfig {
+            pin_dir: node.pin_dir().to_path_buf(),
+            map_sizes: MapSizes {
+                services,
+                ..MapSizes::default()
+            },
+        };
+        SockLb::attach(&config, node.cgroup().path()).expect("attach sock_lb")
+    };
+    let lb = attach_sized(64);
+    let frontend = Frontend::new(VIP, 80, Protocol::Tcp);
+    let backend = serve(node, "kept\n", 1);
+    program_one(&lb, &frontend, backend);
+    assert_eq!(bpftool(node, "show", "lb4_services")["max_entries"], 64);
+    drop(lb);
+    // The operator raises the size; the next start (before anything is
+    // programmed again) has the bigger map with the same entries.
+    let _lb = attach_sized(128);
+    assert_eq!(bpftool(node, "show", "lb4_services")["max_entries"], 128);
+    assert_eq!(bpftool_dump(node, "lb4_services").len(), 1);
+    assert!(!node.pin_dir().join("lb4_services_resizing").exists());
+    let out = nc(node, frontend.addr, true);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "kept\n");
+}
+
+#[test]
 fn a_maglev_table_follows_the_backends_and_moves_only_the_flows_of_one_that_leaves() {
     require_root();
     let testbed = Testbed::new(&TestbedConfig::new(1)).expect("testbed");
