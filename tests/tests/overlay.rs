@@ -252,16 +252,17 @@ fn overlay_follows_deleted_and_moved_nodes_survives_agent_restarts_and_repairs_i
         .expect("timeout");
     let mut conn = BufReader::new(conn);
     echo(&mut conn, "before");
+    let mac = cluster
+        .kubectl(&[
+            "get",
+            "node",
+            n1.name(),
+            "-o",
+            "jsonpath={.metadata.annotations.berth\\.dev/vtep-mac}",
+        ])
+        .expect("kubectl");
+    assert!(!mac.is_empty(), "n1 has a VTEP MAC annotation");
     let n0_entries_for_n1 = |entries: &str| -> Vec<String> {
-        let mac = cluster
-            .kubectl(&[
-                "get",
-                "node",
-                n1.name(),
-                "-o",
-                "jsonpath={.metadata.annotations.berth\\.dev/vtep-mac}",
-            ])
-            .expect("kubectl");
         entries
             .lines()
             .filter(|l| l.contains(&mac) || l.contains(&pod_cidr(&cluster, n1)))
@@ -290,6 +291,19 @@ fn overlay_follows_deleted_and_moved_nodes_survives_agent_restarts_and_repairs_i
         overlay_entries(n0).contains(&cidr2),
         "nothing changed n0 while its agent was down"
     );
+    // n1's agent stops too, and its Node lacks its overlay annotations for
+    // a while (as when it re-registers): n0's restart must keep n1's
+    // entries, which its kernel still has.
+    cluster.kill_agent(1);
+    cluster
+        .kubectl(&[
+            "annotate",
+            "node",
+            n1.name(),
+            "berth.dev/vtep-mac-",
+            "berth.dev/underlay-ip-",
+        ])
+        .expect("remove n1's annotations");
 
     // n0's agent restarts: it removes n2's entries and leaves n1's alone.
     cluster
@@ -311,6 +325,20 @@ fn overlay_follows_deleted_and_moved_nodes_survives_agent_restarts_and_repairs_i
         metrics.contains("berth_agent_overlay_changes_total 3\n"),
         "{metrics}"
     );
+    cluster
+        .start_agent(1, n1.underlay_ip())
+        .expect("restart agent n1");
+    wait_until(&cluster, "n1 publishes its annotations again", || {
+        cluster
+            .kubectl(&[
+                "get",
+                "node",
+                n1.name(),
+                "-o",
+                "jsonpath={.metadata.annotations}",
+            ])
+            .is_ok_and(|a| a.contains(&mac))
+    });
 
     // The VXLAN device deleted behind the agent's back comes back, entries and all.
     n0.netns()

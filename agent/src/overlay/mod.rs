@@ -123,12 +123,13 @@ impl Overlay {
         if created {
             tracing::warn!(device = %self.spec.name, "VXLAN device was missing or wrong; recreated");
         }
+        let installed = kernel::installed(&self.handle, index).await?;
         let peers = peers::peers(
             nodes.iter().map(AsRef::as_ref),
             &self.me,
             &mut self.last_good,
+            &installed,
         );
-        let installed = kernel::installed(&self.handle, index).await?;
         let changes = peers::plan(&peers, &installed);
         let mut failures = Vec::new();
         for change in &changes {

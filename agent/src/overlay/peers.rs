@@ -88,13 +88,16 @@ fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
 /// The peers among `nodes`. `last_good` carries each node's last complete
 /// view between calls: a Node that is briefly incomplete (re-registered,
 /// an annotation edited away) keeps its entries; only a Node that is gone
-/// loses them. A peer that would clash with this node or with an earlier
-/// peer (overlapping pod CIDR, same underlay address or VTEP MAC) is left
-/// out with a warning: its route would replace ours, or another's.
+/// loses them. After a restart `last_good` is empty, so an incomplete Node
+/// whose pod CIDR the kernel (`installed`) already routes keeps the
+/// entries found there. A peer that would clash with this node or with an
+/// earlier peer (overlapping pod CIDR, same underlay address or VTEP MAC)
+/// is left out with a warning: its route would replace ours, or another's.
 pub fn peers<'a>(
     nodes: impl IntoIterator<Item = &'a Node>,
     me: &Me,
     last_good: &mut BTreeMap<String, Peer>,
+    installed: &Installed,
 ) -> Vec<Peer> {
     let mut present = BTreeSet::new();
     for node in nodes {
@@ -111,7 +114,13 @@ pub fn peers<'a>(
             Err(why) if last_good.contains_key(&name) => {
                 tracing::debug!(node = %name, %why, "incomplete Node; keeping its last complete view");
             }
-            Err(why) => tracing::debug!(node = %name, %why, "not a peer yet"),
+            Err(why) => match installed.peer_for(&name, pod_cidr_of(node)) {
+                Some(peer) => {
+                    tracing::info!(node = %name, %why, "incomplete Node; keeping the entries the kernel has for it");
+                    last_good.insert(name.clone(), peer);
+                }
+                None => tracing::debug!(node = %name, %why, "not a peer yet"),
+            },
         }
         present.insert(name);
     }
@@ -164,6 +173,36 @@ pub struct Installed {
     pub neighbours: BTreeMap<Ipv4Addr, Mac>,
     /// FDB entries: MAC → remote underlay addresses.
     pub fdb: BTreeMap<Mac, BTreeSet<Ipv4Addr>>,
+}
+
+impl Installed {
+    /// The peer whose complete set of entries (route to `pod_cidr` via its
+    /// VTEP address, that address's neighbour, one FDB remote for the MAC)
+    /// is installed, named `node`.
+    pub fn peer_for(&self, node: &str, pod_cidr: Option<Ipv4Network>) -> Option<Peer> {
+        let pod_cidr = pod_cidr?;
+        let vtep = pod_cidr.network();
+        if self.routes.get(&pod_cidr)? != &Some(vtep) {
+            return None;
+        }
+        let mac = *self.neighbours.get(&vtep)?;
+        let remotes = self.fdb.get(&mac)?;
+        let [underlay] = remotes.iter().copied().collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        Some(Peer {
+            node: node.to_string(),
+            pod_cidr,
+            mac,
+            underlay,
+        })
+    }
+}
+
+/// A Node's pod CIDR, when it has a valid one.
+fn pod_cidr_of(node: &Node) -> Option<Ipv4Network> {
+    let cidr: Ipv4Network = node.spec.as_ref()?.pod_cidr.as_deref()?.parse().ok()?;
+    Ipv4Network::new(cidr.network(), cidr.prefix()).ok()
 }
 
 /// One kernel change.
@@ -316,7 +355,7 @@ mod tests {
             node("n4", Some("10.244.4.0/24"), Some("zz"), Some("172.30.0.5")),
         ];
         let mut last_good = BTreeMap::new();
-        let found = peers(&nodes, &me(), &mut last_good);
+        let found = peers(&nodes, &me(), &mut last_good, &Installed::default());
         assert_eq!(found, vec![peer("n1", 1, 2, 2)]);
         assert_eq!(found[0].vtep_ip(), Ipv4Addr::new(10, 244, 1, 0));
     }
@@ -339,19 +378,59 @@ mod tests {
         );
         let bare = node("n1", Some("10.244.1.0/24"), None, None);
         let mut last_good = BTreeMap::new();
-        assert_eq!(peers([&complete], &me(), &mut last_good).len(), 1);
         assert_eq!(
-            peers([&bare], &me(), &mut last_good),
+            peers([&complete], &me(), &mut last_good, &Installed::default()).len(),
+            1
+        );
+        assert_eq!(
+            peers([&bare], &me(), &mut last_good, &Installed::default()),
             vec![peer("n1", 1, 2, 2)]
         );
         assert!(
-            peers([], &me(), &mut last_good).is_empty(),
+            peers([], &me(), &mut last_good, &Installed::default()).is_empty(),
             "a deleted Node goes"
         );
         assert!(
-            peers([&bare], &me(), &mut last_good).is_empty(),
+            peers([&bare], &me(), &mut last_good, &Installed::default()).is_empty(),
             "and is forgotten"
         );
+    }
+
+    #[test]
+    fn after_a_restart_an_incomplete_node_keeps_the_entries_the_kernel_has() {
+        let complete = node(
+            "n1",
+            Some("10.244.1.0/24"),
+            Some("0e:00:00:00:00:02"),
+            Some("172.30.0.2"),
+        );
+        // What the agent had installed before it restarted.
+        let mut last_good = BTreeMap::new();
+        let before = peers([&complete], &me(), &mut last_good, &Installed::default());
+        let mut kernel = Installed::default();
+        for change in plan(&before, &kernel) {
+            match change {
+                Change::SetRoute(net, via) => {
+                    kernel.routes.insert(net, Some(via));
+                }
+                Change::SetNeighbour(ip, mac) => {
+                    kernel.neighbours.insert(ip, mac);
+                }
+                Change::SetFdb(mac, ip) => {
+                    kernel.fdb.entry(mac).or_default().insert(ip);
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        // Restarted (nothing in memory) while n1 lacks its annotations.
+        let bare = node("n1", Some("10.244.1.0/24"), None, None);
+        let mut restarted = BTreeMap::new();
+        let found = peers([&bare], &me(), &mut restarted, &kernel);
+        assert_eq!(found, vec![peer("n1", 1, 2, 2)]);
+        assert!(plan(&found, &kernel).is_empty(), "nothing is removed");
+        // A bare Node the kernel knows nothing of is still no peer.
+        let other = node("n5", Some("10.244.5.0/24"), None, None);
+        assert!(peers([&other], &me(), &mut BTreeMap::new(), &kernel).is_empty());
     }
 
     #[test]
@@ -392,7 +471,7 @@ mod tests {
                 Some("172.30.0.1"),
             ),
         ];
-        let found = peers(&nodes, &me(), &mut BTreeMap::new());
+        let found = peers(&nodes, &me(), &mut BTreeMap::new(), &Installed::default());
         let names: Vec<&str> = found.iter().map(|p| p.node.as_str()).collect();
         assert_eq!(names, vec!["b"]);
     }
