@@ -147,7 +147,8 @@ impl Runtime {
         let private = self.private_dir(id);
         let made = self
             .write_private(&private, &spec, &bundle)
-            .and_then(|()| self.build(id, opts, &private, detach));
+            .and_then(|()| self.build(id, opts, &private, detach))
+            .and_then(|pid| self.disable_oom_killer(id, &spec).map(|()| pid));
         made.map_err(|error| match self.remove_leftovers(id, &spec) {
             Ok(()) => error,
             Err(cleanup) => Error::Cleanup {
@@ -191,6 +192,32 @@ impl Runtime {
             .ok_or(Error::Unsupported(
                 "a created container without an init process",
             ))
+    }
+
+    /// Applies `linux.resources.memory.disableOOMKiller`, which libcontainer
+    /// never passes to its cgroup manager: through the container's manager
+    /// (cgroup v1's `memory.oom_control`; cgroup v2 has no such switch, and
+    /// the request is ignored with a warning, as runc does).
+    fn disable_oom_killer(&self, id: &str, spec: &Spec) -> Result<()> {
+        let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+            return Ok(());
+        };
+        if !disables_oom_killer(resources) {
+            return Ok(());
+        }
+        let container = self.load(id)?;
+        let manager = cgroup_manager(&container)?;
+        if !Path::new("/sys/fs/cgroup/memory").is_dir() {
+            tracing::warn!(id, "disableOOMKiller has no effect on cgroup v2");
+            return Ok(());
+        }
+        manager.apply(&ControllerOpt {
+            resources,
+            disable_oom_killer: true,
+            oom_score_adj: None,
+            freezer_state: None,
+        })?;
+        Ok(())
     }
 
     /// Removes what a failed create left: libcontainer's directory (and
@@ -361,7 +388,7 @@ impl Runtime {
         let manager = cgroup_manager(&container)?;
         manager.apply(&ControllerOpt {
             resources,
-            disable_oom_killer: false,
+            disable_oom_killer: disables_oom_killer(resources),
             oom_score_adj: None,
             freezer_state: None,
         })?;
@@ -550,6 +577,15 @@ fn cgroup_manager(container: &Container) -> Result<libcgroups::common::AnyCgroup
 }
 
 /// Removes a container's cgroup (every hierarchy) if it exists.
+/// Whether `resources` ask for the OOM killer to leave the container alone.
+fn disables_oom_killer(resources: &LinuxResources) -> bool {
+    resources
+        .memory()
+        .as_ref()
+        .and_then(|m| m.disable_oom_killer())
+        .unwrap_or(false)
+}
+
 fn remove_cgroup(id: &str, path: &Path) -> Result<()> {
     let manager = libcgroups::common::create_cgroup_manager(CgroupConfig {
         cgroup_path: path.to_owned(),

@@ -298,3 +298,28 @@ fn the_default_profile_refuses_new_namespaces_through_clone_and_clone3() {
     assert!(out.lines().any(|l| l == "clone3 ok"), "{out} {err}");
     bed.finish();
 }
+
+#[test]
+fn disable_oom_killer_reaches_the_memory_cgroup() {
+    if !std::path::Path::new("/sys/fs/cgroup/memory").is_dir() {
+        // cgroup v2 has no such switch: create only warns.
+        return;
+    }
+    let bed = Bed::new("oom");
+    let bundle = bed.bundle("off", &["sleep", "1000"], |doc| {
+        doc["linux"]["resources"]["memory"] =
+            serde_json::json!({"limit": 64 << 20, "disableOOMKiller": true})
+    });
+    bed.detached(&bundle, "oom1");
+    let control = common::cgroup_file(&bed, "oom1", "memory", "memory.oom_control", "");
+    assert!(control.contains("oom_kill_disable 1"), "{control}");
+    let limited = bed.bundle("on", &["sleep", "1000"], |doc| {
+        doc["linux"]["resources"]["memory"] = serde_json::json!({"limit": 64 << 20})
+    });
+    bed.detached(&limited, "oom2");
+    let control = common::cgroup_file(&bed, "oom2", "memory", "memory.oom_control", "");
+    assert!(control.contains("oom_kill_disable 0"), "{control}");
+    bed.ok(&["delete", "--force", "oom1"]);
+    bed.ok(&["delete", "--force", "oom2"]);
+    bed.finish();
+}
