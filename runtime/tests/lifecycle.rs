@@ -296,3 +296,47 @@ fn spec_and_features() {
     assert_eq!(features["linux"]["cgroup"]["systemd"], false);
     bed.finish();
 }
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let bed = Bed::new("hooks");
+    let log = bed.dir.join("hooks.log");
+    let hook = |name: &str| {
+        // Each hook logs its name and the id and status it was given.
+        serde_json::json!({
+            "path": "/bin/sh",
+            "args": ["sh", "-c", format!(
+                "state=$(cat); id=$(echo \"$state\" | grep -o '\"id\":\"[^\"]*\"'); \
+                 status=$(echo \"$state\" | grep -o '\"status\":\"[^\"]*\"'); \
+                 echo \"{name} $id $status\" >> {}", log.display())],
+        })
+    };
+    let bundle = bed.bundle("b", &["sleep", "1000"], |doc| {
+        doc["hooks"] = serde_json::json!({
+            "prestart": [hook("prestart")],
+            "createRuntime": [hook("createRuntime")],
+            "poststart": [hook("poststart")],
+        });
+    });
+    bed.ok(&["create", "--bundle", bundle.to_str().expect("path"), "h1"]);
+    let created = std::fs::read_to_string(&log).unwrap_or_default();
+    bed.ok(&["start", "h1"]);
+    let started = std::fs::read_to_string(&log).unwrap_or_default();
+    bed.ok(&["delete", "--force", "h1"]);
+    let lines: Vec<&str> = started.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "prestart \"id\":\"h1\" \"status\":\"creating\"",
+            "createRuntime \"id\":\"h1\" \"status\":\"creating\"",
+            "poststart \"id\":\"h1\" \"status\":\"running\"",
+        ],
+        "{started}"
+    );
+    assert_eq!(
+        created.lines().count(),
+        2,
+        "create runs prestart and createRuntime: {created}"
+    );
+    bed.finish();
+}
