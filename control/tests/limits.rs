@@ -67,17 +67,15 @@ fn a_json_patch_bomb_is_refused_and_the_server_keeps_answering() {
     assert_eq!(server.kubectl_ok(&["get", "--raw", "/readyz"]).trim(), "ok");
 }
 
-#[test]
-fn a_request_body_past_the_limit_gets_413() {
-    let server = Server::start(&[]);
-    // 10 MB of data in one ConfigMap: kubectl sends it, the server answers
-    // 413 rather than cutting the connection.
-    let manifest = server.data_dir().join("../big.json");
+/// `kubectl create` (validation off) of ConfigMap `name` holding `bytes`
+/// bytes of data; returns kubectl's stderr after checking it failed.
+fn create_refused(server: &Server, name: &str, bytes: usize) -> String {
+    let manifest = server.data_dir().join(format!("../{name}.json"));
     std::fs::write(
         &manifest,
         format!(
-            r#"{{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "big", "namespace": "default"}}, "data": {{"blob": "{}"}}}}"#,
-            "z".repeat(10 * 1024 * 1024)
+            r#"{{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "{name}", "namespace": "default"}}, "data": {{"blob": "{}"}}}}"#,
+            "z".repeat(bytes)
         ),
     )
     .expect("write manifest");
@@ -87,11 +85,19 @@ fn a_request_body_past_the_limit_gets_413() {
         "-f",
         &manifest.display().to_string(),
     ]);
-    assert!(!out.status.success());
+    assert!(!out.status.success(), "{name} was created");
+    stderr(&out)
+}
+
+#[test]
+fn a_request_body_past_the_limit_gets_413() {
+    let server = Server::start(&[]);
+    // 10 MB of data in one ConfigMap: kubectl sends it, the server answers
+    // 413 rather than cutting the connection.
+    let err = create_refused(&server, "big", 10 * 1024 * 1024);
     assert!(
-        stderr(&out).contains("Request entity too large: limit is 3145728"),
-        "{}",
-        stderr(&out)
+        err.contains("Request entity too large: limit is 3145728"),
+        "{err}"
     );
     assert_eq!(server.kubectl_ok(&["get", "--raw", "/readyz"]).trim(), "ok");
 }
@@ -100,27 +106,8 @@ fn a_request_body_past_the_limit_gets_413() {
 /// the same 413 on both stores.
 fn an_object_past_the_store_limit_is_refused(backend: Backend) {
     let server = Server::start_on(backend, &[]);
-    let manifest = server.data_dir().join("../large.json");
-    std::fs::write(
-        &manifest,
-        format!(
-            r#"{{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {{"name": "large", "namespace": "default"}}, "data": {{"blob": "{}"}}}}"#,
-            "w".repeat(2 * 1024 * 1024)
-        ),
-    )
-    .expect("write manifest");
-    let out = server.kubectl(&[
-        "create",
-        "--validate=false",
-        "-f",
-        &manifest.display().to_string(),
-    ]);
-    assert!(!out.status.success());
-    assert!(
-        stderr(&out).contains("limit is 1572864"),
-        "{}",
-        stderr(&out)
-    );
+    let err = create_refused(&server, "large", 2 * 1024 * 1024);
+    assert!(err.contains("limit is 1572864"), "{err}");
     let out = server.kubectl(&["get", "configmap", "large"]);
     assert!(!out.status.success(), "the object was stored");
 }

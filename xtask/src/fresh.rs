@@ -69,17 +69,11 @@ fn build_in(root: &Path) -> anyhow::Result<()> {
     // distribution's), and its resolver.
     let apt = root.join("etc/apt");
     std::fs::remove_file(apt.join("sources.list")).ok();
-    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
-        let path = entry?.path();
-        if path
-            .extension()
-            .is_some_and(|e| e == "sources" || e == "list")
-        {
-            let to = apt
-                .join("sources.list.d")
-                .join(path.file_name().unwrap_or_default());
-            std::fs::copy(&path, &to).with_context(|| format!("copying {}", path.display()))?;
-        }
+    for path in apt_source_files()? {
+        let to = apt
+            .join("sources.list.d")
+            .join(path.file_name().unwrap_or_default());
+        std::fs::copy(&path, &to).with_context(|| format!("copying {}", path.display()))?;
     }
     if Path::new("/etc/apt/sources.list").exists() {
         std::fs::copy("/etc/apt/sources.list", apt.join("sources.list"))?;
@@ -166,20 +160,30 @@ fn remove_root(root: &Path) -> anyhow::Result<()> {
 /// `.sources` files or one-line `sources.list` entries).
 fn host_mirror() -> anyhow::Result<String> {
     let mut texts = Vec::new();
-    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
-        let path = entry?.path();
-        if path
-            .extension()
-            .is_some_and(|e| e == "sources" || e == "list")
-        {
-            texts.push(std::fs::read_to_string(&path)?);
-        }
+    for path in apt_source_files()? {
+        texts.push(std::fs::read_to_string(&path)?);
     }
     texts.push(std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default());
     texts
         .iter()
         .find_map(|t| mirror_in(t))
         .with_context(|| format!("no apt source for Debian {SUITE} in /etc/apt"))
+}
+
+/// The host's apt source files in `/etc/apt/sources.list.d` (deb822
+/// `.sources` and one-line `.list`).
+fn apt_source_files() -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir("/etc/apt/sources.list.d")? {
+        let path = entry?.path();
+        if path
+            .extension()
+            .is_some_and(|e| e == "sources" || e == "list")
+        {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }
 
 /// The first URI serving [`SUITE`] (not a security or updates suite).
