@@ -50,6 +50,9 @@ impl Default for ConnectionLimits {
     }
 }
 
+/// How often, at most, a full connection table is logged.
+const FULL_WARNING_EVERY: Duration = Duration::from_secs(60);
+
 /// How long to wait before accepting again after `accept` failed for lack
 /// of a resource (file descriptors, memory).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -67,6 +70,7 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let limits = Arc::new(limits);
     tokio::pin!(shutdown);
+    let mut last_full_warning: Option<Instant> = None;
     loop {
         // Back-pressure: no accept while every slot is taken.
         let slot = tokio::select! {
@@ -76,7 +80,10 @@ pub async fn serve(
         let Ok(slot) = slot else {
             return Ok(());
         };
-        if slots.available_permits() == 0 {
+        if slots.available_permits() == 0
+            && last_full_warning.is_none_or(|at| at.elapsed() >= FULL_WARNING_EVERY)
+        {
+            last_full_warning = Some(Instant::now());
             tracing::warn!(
                 max = limits.max_connections,
                 "connection limit reached; new connections wait until one ends"
