@@ -200,7 +200,8 @@ fn up(
         first.netns().name()
     );
     println!(
-        "  berth-agent bpf lb list --pin-dir {}   (target/debug/berth-agent)",
+        "  {} bpf lb list --pin-dir {}",
+        bins.agent.display(),
         first.pin_dir().display()
     );
     println!(
