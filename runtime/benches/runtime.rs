@@ -29,7 +29,12 @@ fn main() {
     let dir = std::env::temp_dir().join(&prefix);
     let bundle = dir.join("bundle");
     make_bundle(&bundle, &prefix);
-    let berth = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/berth-runtime");
+    // Beside this benchmark's executable (`<target>/release/deps/`), in
+    // whichever target directory the build used.
+    let berth = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.ancestors().nth(2).map(|d| d.join("berth-runtime")))
+        .unwrap_or_default();
     assert!(
         berth.exists(),
         "build it first: cargo build --release -p berth-runtime"

@@ -32,6 +32,13 @@ enum Task {
     /// Build the workspace on a bare Debian 12 (debootstrap) with only the
     /// packages `deps` installs; records a fingerprint that `test` checks.
     FreshCheck,
+    /// Soak berth-control: mixed writes, watches, bad requests and idle
+    /// connections on loopback, then check answers, data and memory.
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 600)]
+        seconds: u64,
+    },
     /// Run a benchmark (release build) and print its numbers.
     Bench {
         /// What to measure.
@@ -46,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Task::Up(args) => cluster::up(&args),
         Task::Down(args) => cluster::down(&args),
         Task::FreshCheck => fresh::check(),
+        Task::Soak { seconds } => test::soak(seconds),
         Task::Image(args) => image::build(&args),
         Task::Bench { target } => bench::run_bench(target),
     }

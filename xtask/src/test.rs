@@ -31,3 +31,13 @@ pub(crate) fn all() -> anyhow::Result<()> {
     eprintln!("==> all checks and tests passed");
     Ok(())
 }
+
+/// Runs the control plane's soak test (ignored by `cargo test`) for
+/// `seconds`.
+pub(crate) fn soak(seconds: u64) -> anyhow::Result<()> {
+    crate::deps::install()?;
+    run(cargo()
+        .args(["test", "-p", "berth-control", "--test", "soak", "--"])
+        .args(["--ignored", "--nocapture"])
+        .env("BERTH_SOAK_SECONDS", seconds.to_string()))
+}

@@ -344,6 +344,10 @@ pub fn pause_binary() -> PathBuf {
                 .parent()
                 .expect("workspace")
                 .to_owned();
+            // The build's target directory (`CARGO_TARGET_DIR` or
+            // `target/`): this test runs from `<target>/<profile>/deps/`.
+            let exe = std::env::current_exe().expect("test executable");
+            let target = exe.ancestors().nth(3).expect("target directory").to_owned();
             let status = Command::new(env!("CARGO"))
                 .current_dir(&workspace)
                 .args([
@@ -353,12 +357,14 @@ pub fn pause_binary() -> PathBuf {
                     "berth-pause",
                     "--target",
                     "x86_64-unknown-linux-gnu",
+                    "--target-dir",
                 ])
+                .arg(&target)
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
                 .status()
                 .expect("run cargo");
             assert!(status.success(), "building the static berth-pause failed");
-            workspace.join("target/x86_64-unknown-linux-gnu/release/berth-pause")
+            target.join("x86_64-unknown-linux-gnu/release/berth-pause")
         })
         .clone()
 }
