@@ -311,8 +311,6 @@ pub(super) fn wants_table(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Objects are read as JSON only: another encoding (kubectl's typed
-/// commands send protobuf first) gets 415, on which clients fall back to JSON.
 /// The request body, refused with 413 past [`MAX_BODY`] (from its
 /// Content-Length before reading anything, else while reading).
 async fn read_body(req: Request, headers: &HeaderMap) -> Result<Bytes, ApiError> {
@@ -337,6 +335,8 @@ async fn read_body(req: Request, headers: &HeaderMap) -> Result<Bytes, ApiError>
         })
 }
 
+/// Objects are read as JSON only: another encoding (kubectl's typed
+/// commands send protobuf first) gets 415, on which clients fall back to JSON.
 fn check_json_body(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
