@@ -3,7 +3,8 @@
 //! - [`store`]: the key-value store with revisions and watches (embedded
 //!   database by default);
 //! - [`resources`]: what the API serves;
-//! - [`object`], [`validate`], [`patch`], [`selector`]: object handling;
+//! - [`object`], [`validate`], [`defaults`], [`patch`], [`selector`]:
+//!   object handling, and [`prepare`], their order for a request body;
 //! - [`alloc`]: ClusterIPs, NodePorts and pod CIDRs;
 //! - [`pki`] and [`auth`]: certificates, tokens, who may do what;
 //!   [`node_restriction`]: what a node's own credentials may change.
@@ -11,12 +12,14 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod defaults;
 pub mod error;
 pub mod metrics;
 pub mod node_restriction;
 pub mod object;
 pub mod patch;
 pub mod pki;
+pub mod prepare;
 pub mod resources;
 pub mod selector;
 pub mod store;

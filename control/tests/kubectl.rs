@@ -112,6 +112,17 @@ fn create_apply_get_describe_scale_delete(backend: Backend) {
     assert!(server
         .kubectl_ok(&["apply", "-f", &other])
         .contains("configmap/settings created"));
+    // A ReplicaSet, which kubectl sends with strict field validation (the
+    // defaults once added a Deployment-only field to it and were refused).
+    let rs = write_manifest(
+        &server,
+        "rs.yaml",
+        &APP.split_once("---")
+            .map_or(APP, |(deployment, _)| deployment)
+            .replace("kind: Deployment", "kind: ReplicaSet"),
+    );
+    let created = server.kubectl_ok(&["create", "-f", &rs]);
+    assert!(created.contains("replicaset.apps/web created"), "{created}");
 
     // Tables with the columns users know.
     let deployments = server.kubectl_ok(&["get", "deployments"]);

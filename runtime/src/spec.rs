@@ -134,9 +134,14 @@ pub fn default_seccomp() -> Result<LinuxSeccomp> {
 /// and, for malformed JSON, the line and column.
 pub fn load_bundle_spec(bundle: &Path) -> Result<Spec> {
     let path = bundle.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(Error::io(&path))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
-        what: path.display().to_string(),
+    let text = std::fs::read(&path).map_err(Error::io(&path))?;
+    parse_spec(&text, &path.display().to_string())
+}
+
+/// Parses a configuration read from `what` (named in the error).
+pub fn parse_spec(text: &[u8], what: &str) -> Result<Spec> {
+    serde_json::from_slice(text).map_err(|source| Error::Json {
+        what: what.to_owned(),
         source,
     })
 }
@@ -199,7 +204,7 @@ const NO_ID: u32 = u32::MAX;
 /// process with no or oversized arguments, a relative working directory,
 /// a user or group id of `(uid_t)-1`, and a cgroups path leaving its
 /// hierarchy.
-pub(crate) fn validate(spec: &Spec) -> Result<()> {
+pub fn validate(spec: &Spec) -> Result<()> {
     let invalid = |m: String| Err(Error::InvalidConfig(m));
     let Some(process) = spec.process() else {
         return invalid("`process` is missing".to_owned());

@@ -15,6 +15,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("make", "libbpf-sys builds libbpf with make"),
     ("libseccomp-dev", "seccomp in the OCI runtime"),
     (
+        "g++",
+        "`cargo xtask fuzz`: bolero builds libFuzzer (C++) into the harnesses",
+    ),
+    (
         "bpftool",
         "vmlinux.h from the kernel's BTF at build time; inspecting pinned maps",
     ),

@@ -4,6 +4,7 @@ mod bench;
 mod cluster;
 mod deps;
 mod fresh;
+mod fuzz;
 mod image;
 mod shell;
 mod test;
@@ -39,6 +40,9 @@ enum Task {
         #[arg(long, default_value_t = 600)]
         seconds: u64,
     },
+    /// Fuzz the parsers of untrusted input (coverage-guided; `--random` for
+    /// bolero's random engine) and print the executions reached.
+    Fuzz(fuzz::FuzzArgs),
     /// Run a benchmark (release build) and print its numbers.
     Bench {
         /// What to measure.
@@ -55,6 +59,7 @@ fn main() -> anyhow::Result<()> {
         Task::FreshCheck => fresh::check(),
         Task::Soak { seconds } => test::soak(seconds),
         Task::Image(args) => image::build(&args),
+        Task::Fuzz(args) => fuzz::fuzz(&args),
         Task::Bench { target } => bench::run_bench(target),
     }
 }

@@ -14,10 +14,12 @@ use serde_json::{json, Value};
 use super::{json_response, success_status, table, user_of, watch, Api};
 use crate::alloc::Claims;
 use crate::auth::{self, Action, User};
+use crate::defaults;
 use crate::error::ApiError;
 use crate::node_restriction;
 use crate::object;
 use crate::patch::{self, PatchType};
+use crate::prepare;
 use crate::resources::{self, Resource};
 use crate::selector::Selector;
 use crate::store::{Record, StoreError};
@@ -27,8 +29,6 @@ use crate::validate::{validate, FieldValidation};
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// Attempts of a patch or scale that races other writers.
 const PATCH_ATTEMPTS: usize = 5;
-/// Grace period of a pod that sets none.
-const DEFAULT_GRACE_SECONDS: i64 = 30;
 /// Namespaces that exist in every cluster and may not be deleted.
 const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
 
@@ -353,14 +353,6 @@ fn store_error(target: &Target, e: StoreError) -> ApiError {
     ApiError::from_store(target.resource.plural, target.name(), e)
 }
 
-fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
-    if body.is_empty() {
-        return Err(ApiError::bad_request("the request has no body"));
-    }
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))
-}
-
 fn dry_run(query: &HashMap<String, String>) -> Result<bool, ApiError> {
     match query.get("dryRun").map(String::as_str) {
         None | Some("") => Ok(false),
@@ -558,15 +550,11 @@ impl Ctx<'_> {
     }
 
     async fn create(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let mut obj = parse_body(body)?;
         let resource = self.resource();
-        object::check_type(resource, &mut obj)?;
-        object::check_namespace(resource, &mut obj, self.target.namespace.as_deref())?;
-        object::prepare_create(resource, &mut obj)?;
-        apply_defaults(resource.kind, &mut obj);
         let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
         let dry = dry_run(self.query)?;
-        let warnings = validate(resource, &mut obj, None, fields)?;
+        let (mut obj, warnings) =
+            prepare::for_create(resource, body, self.target.namespace.as_deref(), fields)?;
         self.admit(None, &obj).await?;
         self.namespace_must_exist(&obj).await?;
         let name = object::name(&obj).unwrap_or_default().to_string();
@@ -618,7 +606,7 @@ impl Ctx<'_> {
     }
 
     async fn update(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let new = parse_body(body)?;
+        let new = prepare::parse_body(body)?;
         if self.target.sub.as_deref() == Some("scale") {
             return self.write_scale(|_| Ok(new.clone())).await;
         }
@@ -810,7 +798,7 @@ impl Ctx<'_> {
 
     /// `POST pods/<name>/binding`: assigns the pod to a node.
     async fn bind(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let binding = parse_body(body)?;
+        let binding = prepare::parse_body(body)?;
         let node = binding
             .pointer("/target/name")
             .and_then(Value::as_str)
@@ -856,7 +844,7 @@ impl Ctx<'_> {
         let options: Value = if body.is_empty() {
             json!({})
         } else {
-            parse_body(body)?
+            prepare::parse_body(body)?
         };
         let (record, old) = self.read().await?;
         if let Some(uid) = options
@@ -933,7 +921,7 @@ impl Ctx<'_> {
                     new.pointer("/spec/terminationGracePeriodSeconds")
                         .and_then(Value::as_i64)
                 })
-                .unwrap_or(DEFAULT_GRACE_SECONDS)
+                .unwrap_or(defaults::GRACE_SECONDS)
                 .max(1);
             new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
             deadline = deadline
@@ -1065,104 +1053,6 @@ async fn remove_namespace_contents(api: &Api, ns: &str) -> Result<(), ApiError> 
     Ok(())
 }
 
-/// Fields Kubernetes defaults on create that clients rely on.
-fn apply_defaults(kind: &str, obj: &mut Value) {
-    match kind {
-        "Pod" => {
-            if obj.pointer("/status/phase").is_none() {
-                obj["status"] = json!({"phase": "Pending"});
-            }
-            if let Some(spec) = obj.get_mut("spec") {
-                pod_spec_defaults(spec);
-            }
-        }
-        "Deployment" | "ReplicaSet" => {
-            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
-                return;
-            };
-            default(spec, "replicas", json!(1));
-            default(spec, "revisionHistoryLimit", json!(10));
-            if kind == "Deployment" {
-                default(spec, "progressDeadlineSeconds", json!(600));
-                default(
-                    spec,
-                    "strategy",
-                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
-                );
-            }
-            if let Some(pod_spec) = spec.pointer_mut("/template/spec") {
-                pod_spec_defaults(pod_spec);
-            }
-        }
-        "Namespace" => obj["status"] = json!({"phase": "Active"}),
-        "EndpointSlice" => {
-            for port in obj
-                .get_mut("ports")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                default(port, "name", json!(""));
-                default(port, "protocol", json!("TCP"));
-            }
-        }
-        "Service" => {
-            if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
-                default(spec, "sessionAffinity", json!("None"));
-                default(spec, "internalTrafficPolicy", json!("Cluster"));
-            }
-        }
-        _ => {}
-    }
-}
-
-/// Sets `field` of an object if it is absent.
-fn default(obj: &mut Value, field: &str, value: Value) {
-    if let Some(map) = obj.as_object_mut() {
-        map.entry(field).or_insert(value);
-    }
-}
-
-fn pod_spec_defaults(spec: &mut Value) {
-    if !spec.is_object() {
-        return;
-    }
-    default(spec, "restartPolicy", json!("Always"));
-    default(
-        spec,
-        "terminationGracePeriodSeconds",
-        json!(DEFAULT_GRACE_SECONDS),
-    );
-    default(spec, "dnsPolicy", json!("ClusterFirst"));
-    default(spec, "schedulerName", json!("default-scheduler"));
-    for list in ["initContainers", "containers"] {
-        let Some(containers) = spec.get_mut(list).and_then(Value::as_array_mut) else {
-            continue;
-        };
-        for c in containers {
-            let image = c.get("image").and_then(Value::as_str).unwrap_or("");
-            let untagged =
-                !image.rsplit('/').next().unwrap_or("").contains(':') && !image.contains('@');
-            let policy = if untagged || image.ends_with(":latest") {
-                "Always"
-            } else {
-                "IfNotPresent"
-            };
-            default(c, "imagePullPolicy", json!(policy));
-            default(c, "terminationMessagePath", json!("/dev/termination-log"));
-            default(c, "terminationMessagePolicy", json!("File"));
-            for port in c
-                .get_mut("ports")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
-                default(port, "protocol", json!("TCP"));
-            }
-        }
-    }
-}
-
 /// The autoscaling/v1 Scale of a Deployment or ReplicaSet.
 fn scale_of(obj: &Value) -> Value {
     let selector: Vec<String> = obj
@@ -1199,7 +1089,7 @@ pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
     for ns in SYSTEM_NAMESPACES {
         let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         object::prepare_create(namespaces, &mut obj)?;
-        apply_defaults("Namespace", &mut obj);
+        defaults::apply("Namespace", &mut obj);
         create_if_missing(api, &namespaces.key(None, ns), &obj).await?;
     }
     let services =
@@ -1221,7 +1111,7 @@ pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
                 "ports": [{"name": "https", "port": 443, "protocol": "TCP",
                     "targetPort": own_endpoint(&api.0.config.server_address).map_or(6443, |(_, port)| port)}]}});
         object::prepare_create(services, &mut svc)?;
-        apply_defaults("Service", &mut svc);
+        defaults::apply("Service", &mut svc);
         let claims = api
             .0
             .alloc
