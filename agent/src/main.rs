@@ -19,8 +19,8 @@ use berth_agent::overlay::Overlay;
 use berth_agent::services::desired::ThisNode;
 use berth_agent::services::nodeport::NodePortKeeper;
 use berth_agent::services::{Placement, ServiceLb};
-use berth_cni::netlink::format_mac;
 use berth_ebpf::NodePortConfig;
+use berth_net::mac::format_mac;
 use clap::Parser;
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::coordination::v1::Lease;
@@ -385,8 +385,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
     let caches = Caches::start(client);
     let netlink = match &config.netns {
-        Some(path) => berth_cni::netlink::connect_in(path)?,
-        None => berth_cni::netlink::connect()?,
+        Some(path) => berth_net::netlink::connect_in(path)?,
+        None => berth_net::netlink::connect()?,
     };
     let overlay = Overlay::start(netlink, &config.overlay, &info.name, node_ip, pod_cidr)
         .await

@@ -3,15 +3,14 @@
 //! masquerades their traffic leaving the cluster.
 //!
 //! The modules are usable on their own: the agent writes the plugin's
-//! configuration with [`config`] and shares the netlink helpers in
-//! [`netlink`].
+//! configuration with [`config`]. Netlink and namespace helpers come from
+//! `berth-net`.
 
 pub mod config;
 pub mod env;
 pub mod error;
 pub mod ipam;
 pub mod masq;
-pub mod netlink;
 pub mod plugin;
 pub mod result;
 pub mod retire;

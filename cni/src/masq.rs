@@ -19,7 +19,7 @@ pub fn chain_name(network: &str) -> String {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
-    let hash = crate::netlink::stable_hash(network.as_bytes()) as u32;
+    let hash = berth_net::mac::stable_hash(network.as_bytes()) as u32;
     format!("masq_{clean}_{hash:08x}")
 }
 

@@ -11,6 +11,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use berth_net::netlink::{
+    self, delete_link, errno, link_alias, link_by_index, link_by_name, link_controller,
+    link_is_bridge, link_mac, link_mtu, link_name, link_peer,
+};
 use futures_util::TryStreamExt;
 use netlink_packet_route::address::AddressAttribute;
 use netlink_packet_route::link::{InfoData, InfoVeth, LinkAttribute, LinkInfo, LinkMessage};
@@ -24,10 +28,6 @@ use crate::env::{Command, Env};
 use crate::error::{CniError, Code, Result};
 use crate::ipam::Leases;
 use crate::masq;
-use crate::netlink::{
-    self, delete_link, errno, link_alias, link_by_index, link_by_name, link_controller,
-    link_is_bridge, link_mac, link_mtu, link_name, link_peer,
-};
 use crate::result::{CniResult, Interface, IpConfig, Route};
 use crate::retire;
 
@@ -129,7 +129,7 @@ pub fn host_veth_name(owner: &Attachment) -> String {
 /// A stable hash of the attachment: id, NUL, ifname.
 fn fnv1a(owner: &Attachment) -> u64 {
     let key = [owner.container_id.as_bytes(), &[0], owner.ifname.as_bytes()].concat();
-    netlink::stable_hash(&key)
+    berth_net::mac::stable_hash(&key)
 }
 
 fn kernel(what: &str, e: impl std::fmt::Display) -> CniError {
@@ -146,19 +146,13 @@ fn owner_of(env: &Env) -> Attachment {
 /// Opens the container's namespace: an unknown container, or a path that
 /// is not a namespace, is code 3.
 fn open_netns(path: &Path) -> Result<File> {
-    let unknown = |why: String| {
+    berth_net::netns::open(path).map_err(|e| {
         CniError::new(
             Code::UnknownContainer,
             "cannot open the container's network namespace",
-            format!("{}: {why}", path.display()),
+            e,
         )
-    };
-    let file = File::open(path).map_err(|e| unknown(e.to_string()))?;
-    let fs = nix::sys::statfs::fstatfs(&file).map_err(|e| unknown(e.to_string()))?;
-    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
-        return Err(unknown("not a namespace file".into()));
-    }
-    Ok(file)
+    })
 }
 
 fn connect_host() -> Result<Handle> {

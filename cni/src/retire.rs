@@ -17,7 +17,7 @@ use std::process::{Command, Stdio};
 use netlink_packet_route::link::LinkMessage;
 use rtnetlink::{Handle, LinkUnspec};
 
-use crate::netlink::{self, link_alias};
+use berth_net::netlink::{self, link_alias};
 
 /// Alias prefix of a retired host end: `berth-cni-retired/<network>/…`.
 const RETIRED_PREFIX: &str = "berth-cni-retired/";

@@ -4,15 +4,14 @@
 //! ECONNABORTED, so a DNS resolver moves on instead of waiting on a dead
 //! backend.
 
-use std::fs::File;
 use std::io::Read;
 use std::mem::MaybeUninit;
 use std::net::SocketAddrV4;
 use std::path::PathBuf;
 
+use berth_net::netns::run_in;
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::{Iter, MapCore, MapFlags, OpenObject};
-use nix::sched::{setns, CloneFlags};
 
 use crate::skel::destroy::SockDestroySkelBuilder;
 use crate::Error;
@@ -53,34 +52,21 @@ pub fn destroy_udp_connected_to(
         .map_err(|e| Error::bpf("attach the UDP socket iterator", e))?;
     let mut visited = 0;
     for path in netns {
-        let file = match File::open(path) {
-            Ok(file) => file,
-            // The process (and maybe its namespace) is gone: nothing to close.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::io("open network namespace", path, e)),
-        };
         // An iterator walks the namespace of the thread that creates it.
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| -> Result<(), Error> {
-                    setns(&file, CloneFlags::CLONE_NEWNET)
-                        .map_err(|e| Error::io("enter network namespace", path, e.into()))?;
-                    let mut iter = Iter::new(&link)
-                        .map_err(|e| Error::bpf("create the UDP socket iterator", e))?;
-                    let mut sink = Vec::new();
-                    iter.read_to_end(&mut sink)
-                        .map_err(|e| Error::io("run the UDP socket iterator in", path, e))?;
-                    Ok(())
-                })
-                .join()
-                .unwrap_or_else(|_| {
-                    Err(Error::io(
-                        "run the UDP socket iterator in",
-                        path,
-                        std::io::Error::other("thread panicked"),
-                    ))
-                })
-        })?;
+        let walked = run_in(Some(path), || -> Result<(), Error> {
+            let mut iter =
+                Iter::new(&link).map_err(|e| Error::bpf("create the UDP socket iterator", e))?;
+            let mut sink = Vec::new();
+            iter.read_to_end(&mut sink)
+                .map_err(|e| Error::io("run the UDP socket iterator in", path, e))?;
+            Ok(())
+        });
+        match walked {
+            Ok(result) => result?,
+            // The process (and maybe its namespace) is gone: nothing to close.
+            Err(e) if e.is_not_found() => continue,
+            Err(e) => return Err(Error::io("enter network namespace", path, e.into())),
+        }
         visited += 1;
     }
     Ok(visited)

@@ -35,15 +35,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A system call failed.
-    #[error("{op}: {source}")]
-    Sys {
-        /// The call and its subject.
-        op: String,
-        /// The errno.
-        #[source]
-        source: nix::Error,
-    },
+    /// A network namespace could not be entered.
+    #[error(transparent)]
+    Netns(#[from] berth_net::netns::NetnsError),
     /// The datapath could not be loaded on a node.
     #[error("node {node}: {source}")]
     Datapath {

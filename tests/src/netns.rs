@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Mutex;
 
-use nix::sched::{setns, CloneFlags};
+use berth_net::netns::{run_in, NetnsError};
 
 use crate::cmd::ip;
 use crate::{exec_hooks, Error};
@@ -73,20 +73,10 @@ impl Netns {
     /// creates belong to the namespace and keep working after `f` returns.
     /// A panic in `f` is passed on to the caller.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, Error> {
-        let file = self.open()?;
-        std::thread::scope(|scope| {
-            let thread = scope.spawn(move || {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| Error::Sys {
-                    op: format!("setns into {}", self.name),
-                    source,
-                })?;
-                Ok(f())
-            });
-            match thread.join() {
-                Ok(result) => result,
-                Err(panic) => std::panic::resume_unwind(panic),
-            }
-        })
+        match run_in(Some(&self.path()), f) {
+            Err(NetnsError::Panicked(message)) => panic!("{message}"),
+            other => Ok(other?),
+        }
     }
 
     /// Leaves the namespace in place when this guard is dropped.

@@ -4,7 +4,8 @@
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use berth_cni::netlink::{errno, link_by_index, link_by_name, link_mac, link_mtu};
+use berth_net::mac::format_mac;
+use berth_net::netlink::{errno, link_by_index, link_by_name, link_mac, link_mtu};
 use futures_util::TryStreamExt;
 use ipnetwork::Ipv4Network;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -208,7 +209,7 @@ pub async fn ensure_device(handle: &Handle, spec: &DeviceSpec) -> Result<(u32, b
     let index = link.header.index;
     let mut change = LinkUnspec::new_with_index(index);
     let mut differs = false;
-    if link_mac(&link).as_deref() != Some(berth_cni::netlink::format_mac(&spec.mac).as_str()) {
+    if link_mac(&link).as_deref() != Some(format_mac(&spec.mac).as_str()) {
         change = change.address(spec.mac.to_vec());
         differs = true;
     }

@@ -30,7 +30,7 @@ use peers::{Mac, Me, Peer};
 /// restart or a reboot and peers' entries stay valid (locally administered
 /// unicast, `0e:` + 5 bytes of a stable hash).
 pub fn vtep_mac(node: &str) -> Mac {
-    let h = berth_cni::netlink::stable_hash(node.as_bytes()).to_be_bytes();
+    let h = berth_net::mac::stable_hash(node.as_bytes()).to_be_bytes();
     [0x0e, h[0], h[1], h[2], h[3], h[4]]
 }
 

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use berth_cni::netlink::{format_mac, parse_mac};
+use berth_net::mac::{format_mac, parse_mac};
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node;
 

@@ -5,10 +5,10 @@
 //! last attached to and attaches again when they differ.
 
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use berth_ebpf::{attach_nodeport, NodePortConfig, NodePortDevices};
-use nix::sched::{setns, CloneFlags};
+use berth_net::netns::run_in;
 
 /// The translator's attachment, kept up to date.
 #[derive(Debug)]
@@ -48,7 +48,7 @@ impl NodePortKeeper {
         let node_ip = self.node_ip;
         let names = self.reply_devices.clone();
         let attached = self.attached.clone();
-        let result = in_netns(self.netns.as_deref(), move || {
+        let result = run_in(self.netns.as_deref(), move || -> Result<_, String> {
             let devices = NodePortDevices {
                 underlay: interface_with(node_ip)
                     .ok_or_else(|| format!("no interface holds the node address {node_ip}"))?,
@@ -59,7 +59,8 @@ impl NodePortKeeper {
             }
             attach_nodeport(&config, &devices).map_err(|e| e.to_string())?;
             Ok(Some(devices))
-        })?;
+        })
+        .map_err(|e| e.to_string())??;
         match result {
             Some(devices) => {
                 tracing::info!(?devices, snat = %self.config.snat, "NodePort translator attached");
@@ -69,30 +70,6 @@ impl NodePortKeeper {
             None => Ok(false),
         }
     }
-}
-
-/// Runs `work` on a thread inside the network namespace at `netns`.
-fn in_netns<T: Send>(
-    netns: Option<&Path>,
-    work: impl FnOnce() -> Result<T, String> + Send,
-) -> Result<T, String> {
-    let ns = match netns {
-        Some(path) => {
-            Some(std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?)
-        }
-        None => None,
-    };
-    std::thread::scope(|scope| {
-        scope
-            .spawn(move || {
-                if let Some(ns) = &ns {
-                    setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
-                }
-                work()
-            })
-            .join()
-            .unwrap_or_else(|_| Err("the NodePort thread panicked".to_owned()))
-    })
 }
 
 /// The index of the interface holding `ip`.

@@ -2,25 +2,12 @@
 //! `loopback` plugin does for kubelet): a fresh namespace's loopback is
 //! down, and the pod's containers talk over it.
 
-use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
-use nix::sched::{setns, CloneFlags};
-
-/// Sets `lo` up inside the network namespace at `netns`. Runs on a
-/// thread of its own: `setns` changes only the calling thread's namespace.
+/// Sets `lo` up inside the network namespace at `netns`.
 pub(crate) fn bring_up(netns: &Path) -> std::io::Result<()> {
-    let ns = File::open(netns)?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(&ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
-                set_up("lo")
-            })
-            .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the loopback thread panicked")))
-    })
+    berth_net::netns::run_in(Some(netns), || set_up("lo"))?
 }
 
 /// SIOCGIFFLAGS, then SIOCSIFFLAGS with IFF_UP added.

@@ -1,26 +1,21 @@
-//! Small helpers over `rtnetlink` shared by the plugin and the agent:
-//! handles bound to another network namespace, errno matching, and reading
-//! links.
+//! Small helpers over `rtnetlink`: handles, also bound to another network
+//! namespace, errno matching, and reading links.
 
-use std::fs::File;
 use std::path::Path;
 
 use futures_util::TryStreamExt;
 use netlink_packet_route::link::{LinkAttribute, LinkMessage};
-use nix::sched::{setns, CloneFlags};
 use rtnetlink::{Handle, LinkGetRequest};
+
+use crate::mac::format_mac;
+use crate::netns::{run_in, NetnsError};
 
 /// What can go wrong opening a netlink handle.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
-    /// The namespace file cannot be opened or entered.
-    #[error("cannot enter network namespace {path}: {source}")]
-    Netns {
-        /// The namespace file.
-        path: String,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// The namespace cannot be entered.
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
     /// The netlink socket cannot be made.
     #[error("cannot open a netlink socket: {0}")]
     Socket(std::io::Error),
@@ -40,27 +35,11 @@ pub fn connect() -> Result<Handle, ConnectError> {
 /// namespace while this process goes on in its own. Must be called inside
 /// a tokio runtime.
 pub fn connect_in(path: &Path) -> Result<Handle, ConnectError> {
-    let netns_error = |source| ConnectError::Netns {
-        path: path.display().to_string(),
-        source,
-    };
-    let file = File::open(path).map_err(netns_error)?;
     let runtime = tokio::runtime::Handle::current();
-    let made = std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| netns_error(e.into()))?;
-                let _entered = runtime.enter();
-                rtnetlink::new_connection().map_err(ConnectError::Socket)
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(ConnectError::Socket(std::io::Error::other(
-                    "netns thread panicked",
-                )))
-            })
-    });
-    let (conn, handle, _) = made?;
+    let (conn, handle, _) = run_in(Some(path), || {
+        let _entered = runtime.enter();
+        rtnetlink::new_connection().map_err(ConnectError::Socket)
+    })??;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -163,63 +142,4 @@ pub fn link_is_bridge(link: &LinkMessage) -> bool {
             .any(|i| matches!(i, LinkInfo::Kind(InfoKind::Bridge))),
         _ => false,
     })
-}
-
-/// A hash that never changes between builds or versions, for names and
-/// addresses derived from identities (veth names, VTEP MACs): FNV-1a
-/// (64-bit), then MurmurHash3's finalizer so that inputs differing in one
-/// character ("n1", "n2") differ in every byte of the result.
-pub fn stable_hash(bytes: &[u8]) -> u64 {
-    let fnv = bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    let mut h = fnv;
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-/// `aa:bb:…` from bytes.
-pub fn format_mac(bytes: &[u8]) -> String {
-    bytes
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
-
-/// Bytes from `aa:bb:cc:dd:ee:ff`; `None` unless it is six hex pairs.
-pub fn parse_mac(text: &str) -> Option<[u8; 6]> {
-    let mut mac = [0u8; 6];
-    let mut parts = text.split(':');
-    for byte in &mut mac {
-        let part = parts.next()?;
-        if part.len() != 2 {
-            return None;
-        }
-        *byte = u8::from_str_radix(part, 16).ok()?;
-    }
-    parts.next().is_none().then_some(mac)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn macs_roundtrip_and_reject_garbage() {
-        let mac = parse_mac("0a:1B:00:ff:10:01").unwrap();
-        assert_eq!(format_mac(&mac), "0a:1b:00:ff:10:01");
-        for bad in [
-            "",
-            "0a:1b:00:ff:10",
-            "0a:1b:00:ff:10:01:02",
-            "0a:1b:00:ff:10:zz",
-            "a:1b:00:ff:10:01",
-        ] {
-            assert!(parse_mac(bad).is_none(), "{bad}");
-        }
-    }
 }
