@@ -39,6 +39,10 @@ pub(crate) struct FuzzArgs {
     /// How long to run each harness.
     #[arg(long, default_value_t = 60)]
     seconds: u64,
+    /// Stop each coverage-guided run after this many executions (whichever
+    /// of this and `--seconds` comes first).
+    #[arg(long)]
+    runs: Option<u64>,
     /// Use bolero's random engine instead of libFuzzer (no instrumented
     /// build; what `cargo test` runs, for longer).
     #[arg(long)]
@@ -81,7 +85,7 @@ pub(crate) fn fuzz(args: &FuzzArgs) -> anyhow::Result<()> {
             if !binaries.contains_key(file) {
                 binaries.insert(file, build_instrumented(file)?);
             }
-            outcomes.push(libfuzzer(target, &binaries[file], args.seconds)?);
+            outcomes.push(libfuzzer(target, &binaries[file], args.seconds, args.runs)?);
         }
     }
     eprintln!(
@@ -179,7 +183,12 @@ fn build_instrumented(file: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Runs one harness under libFuzzer for `seconds`.
-fn libfuzzer(target: &'static str, binary: &Path, seconds: u64) -> anyhow::Result<Outcome> {
+fn libfuzzer(
+    target: &'static str,
+    binary: &Path,
+    seconds: u64,
+    runs: Option<u64>,
+) -> anyhow::Result<Outcome> {
     let corpus = target_dir().join("fuzz/corpus").join(target);
     let crashes = workspace_root()
         .join("fuzz/tests/__fuzz__")
@@ -196,8 +205,9 @@ fn libfuzzer(target: &'static str, binary: &Path, seconds: u64) -> anyhow::Resul
             crashes.display()
         );
     }
+    let runs = runs.map_or(String::new(), |n| format!("-runs={n} "));
     let options = format!(
-        "-max_total_time={seconds} -print_final_stats=1 -timeout=10 -rss_limit_mb=4096 -max_len=4096 -artifact_prefix={}/ {}",
+        "{runs}-max_total_time={seconds} -print_final_stats=1 -timeout=10 -rss_limit_mb=4096 -max_len=4096 -artifact_prefix={}/ {}",
         crashes.display(),
         corpus.display()
     );
