@@ -5,6 +5,8 @@
 //! - [`resources`]: what the API serves;
 //! - [`object`], [`validate`], [`defaults`], [`patch`], [`selector`]:
 //!   object handling, and [`prepare`], their order for a request body;
+//! - [`registry`]: what each request does to the store, one strategy per
+//!   kind, free of HTTP ([`api`] is the HTTP layer over it);
 //! - [`alloc`]: ClusterIPs, NodePorts and pod CIDRs;
 //! - [`pki`] and [`auth`]: certificates, tokens, who may do what;
 //!   [`node_restriction`]: what a node's own credentials may change.
@@ -20,6 +22,7 @@ pub mod object;
 pub mod patch;
 pub mod pki;
 pub mod prepare;
+pub mod registry;
 pub mod resources;
 pub mod selector;
 pub mod store;

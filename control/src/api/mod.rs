@@ -22,6 +22,7 @@ use crate::alloc::Allocator;
 use crate::auth::{Authenticator, User};
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::registry::{self, Registry};
 use crate::store::Store;
 
 pub use discovery::KUBERNETES_MINOR;
@@ -43,8 +44,7 @@ pub struct Api(Arc<Inner>);
 struct Inner {
     /// Whether the default namespaces and Services exist (readiness).
     bootstrapped: std::sync::atomic::AtomicBool,
-    store: Arc<dyn Store>,
-    alloc: Allocator,
+    registry: Registry,
     auth: Authenticator,
     metrics: Metrics,
     config: ApiConfig,
@@ -68,8 +68,7 @@ impl Api {
     ) -> Self {
         Api(Arc::new(Inner {
             bootstrapped: std::sync::atomic::AtomicBool::new(false),
-            store,
-            alloc,
+            registry: Registry::new(store, alloc),
             auth,
             metrics: Metrics::default(),
             config,
@@ -80,7 +79,7 @@ impl Api {
     /// `kube-system`, `kube-public` and `kube-node-lease` namespaces and the
     /// `kubernetes` Service.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
-        rest::bootstrap(self).await?;
+        registry::bootstrap(&self.0.registry, &self.0.config.server_address).await?;
         self.0
             .bootstrapped
             .store(true, std::sync::atomic::Ordering::Release);
@@ -133,7 +132,7 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
 }
 
 async fn readyz(State(api): State<Api>) -> Response {
-    match api.0.store.revision().await {
+    match api.0.registry.store().revision().await {
         Ok(_) => "ok".into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -144,7 +143,7 @@ async fn readyz(State(api): State<Api>) -> Response {
 }
 
 async fn metrics(State(api): State<Api>) -> Response {
-    let size = api.0.store.size_bytes().await.unwrap_or(0);
+    let size = api.0.registry.store().size_bytes().await.unwrap_or(0);
     (
         [(
             header::CONTENT_TYPE,

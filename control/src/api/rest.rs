@@ -1,6 +1,7 @@
-//! The resource endpoints: get, list, watch, create, update, patch, delete
-//! and deletecollection, with Kubernetes semantics, and the `status`,
-//! `scale` and `binding` subresources.
+//! The HTTP layer of the resource endpoints: paths to targets, methods to
+//! verbs, authorization, bodies and their limits, query options, and
+//! responses (JSON or Table, warnings). What a verb does to the store is
+//! the registry's ([`crate::registry`]).
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -12,48 +13,20 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use super::{json_response, success_status, table, user_of, watch, Api};
-use crate::alloc::Claims;
 use crate::auth::{self, Action, User};
-use crate::defaults;
 use crate::error::ApiError;
 use crate::node_restriction;
 use crate::object;
-use crate::patch::{self, PatchType};
+use crate::patch::PatchType;
 use crate::prepare;
+use crate::registry::{Caller, DeleteOptions, Target, WriteOptions, Written};
 use crate::resources::{self, Resource};
 use crate::selector::Selector;
-use crate::store::{Record, StoreError};
-use crate::validate::{validate, FieldValidation};
+use crate::store::StoreError;
+use crate::validate::FieldValidation;
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 3 * 1024 * 1024;
-/// Attempts of a patch or scale that races other writers.
-const PATCH_ATTEMPTS: usize = 5;
-/// Namespaces that exist in every cluster and may not be deleted.
-const SYSTEM_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public", "kube-node-lease"];
-
-/// What a request addresses.
-#[derive(Debug)]
-pub(super) struct Target {
-    pub(super) resource: &'static Resource,
-    pub(super) namespace: Option<String>,
-    pub(super) name: Option<String>,
-    pub(super) sub: Option<String>,
-}
-
-impl Target {
-    fn name(&self) -> &str {
-        self.name.as_deref().unwrap_or("")
-    }
-
-    fn key(&self) -> String {
-        self.resource.key(self.namespace.as_deref(), self.name())
-    }
-
-    pub(super) fn prefix(&self) -> String {
-        self.resource.scope_prefix(self.namespace.as_deref())
-    }
-}
 
 /// Parses the part of the path after `/api/v1/` or `/apis/<g>/<v>/`.
 fn parse_target(group: &str, version: &str, rest: &str) -> Result<Target, ApiError> {
@@ -194,25 +167,167 @@ async fn handle_inner(
         .flatten()
         .and_then(|obj| object::name(&obj).map(String::from));
     authorize(api, &user, verb, &target, &query, created_name.as_deref()).await?;
-    let ctx = Ctx {
-        api,
+    let registry = &api.0.registry;
+    let caller = Caller {
         user: &user,
         target: &target,
-        query: &query,
-        headers: &headers,
     };
+    let table = wants_table(&headers);
+    let respond = |code, obj: &Value| respond(code, target.resource, obj, table);
     match verb {
-        "get" => ctx.get().await,
-        "list" => ctx.list().await,
-        "watch" => watch::serve(api, &target, &query, wants_table(&headers)).await,
-        "create" if target.sub.as_deref() == Some("binding") => ctx.bind(&body).await,
-        "create" => ctx.create(&body).await,
-        "update" => ctx.update(&body).await,
-        "patch" => ctx.patch(&body).await,
-        "delete" => ctx.delete(&body).await,
-        "deletecollection" => ctx.delete_collection().await,
+        "get" => {
+            let obj = registry.get(&target).await?;
+            Ok(if target.sub.is_some() {
+                json_response(StatusCode::OK, &obj)
+            } else {
+                respond(StatusCode::OK, &obj)
+            })
+        }
+        "list" => {
+            let (labels, fields) = selectors(&query)?;
+            let (items, revision) = registry.list(&target, &labels, &fields).await?;
+            Ok(list_response(&target, items, revision, table))
+        }
+        "watch" => watch::serve(api, &target, &query, table).await,
+        "create" if target.sub.as_deref() == Some("binding") => {
+            registry.bind(&target, &body).await?;
+            Ok(json_response(StatusCode::CREATED, &success_status()))
+        }
+        "create" => {
+            let written = registry
+                .create(caller, &body, write_options(&query)?)
+                .await?;
+            Ok(written_response(StatusCode::CREATED, written, respond))
+        }
+        "update" | "patch" => {
+            let options = write_options(&query)?;
+            let written = if verb == "update" {
+                registry.update(caller, &body, options).await?
+            } else {
+                let content_type = headers
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                let kind = PatchType::from_content_type(content_type)?;
+                registry.patch(caller, &body, kind, options).await?
+            };
+            if target.sub.as_deref() == Some("scale") {
+                return Ok(with_warnings(
+                    json_response(StatusCode::OK, &written.object),
+                    &written.warnings,
+                ));
+            }
+            Ok(written_response(StatusCode::OK, written, respond))
+        }
+        "delete" => {
+            let options = delete_options(&query, &body)?;
+            let deleted = registry.delete(&target, &options).await?;
+            Ok(respond(StatusCode::OK, &deleted))
+        }
+        "deletecollection" => {
+            let (labels, fields) = selectors(&query)?;
+            let options = delete_options(&query, &[])?;
+            let (items, revision) = registry
+                .delete_collection(&target, &labels, &fields, &options)
+                .await?;
+            Ok(list_response(&target, items, revision, false))
+        }
         _ => Err(ApiError::method_not_allowed(verb)),
     }
+}
+
+/// The object as JSON, or as a Table when the client asked for one.
+fn respond(code: StatusCode, resource: &Resource, obj: &Value, table: bool) -> Response {
+    if table {
+        let rv = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        json_response(
+            code,
+            &table::table(resource.kind, std::slice::from_ref(obj), rv),
+        )
+    } else {
+        json_response(code, obj)
+    }
+}
+
+fn written_response(
+    code: StatusCode,
+    written: Written,
+    respond: impl Fn(StatusCode, &Value) -> Response,
+) -> Response {
+    with_warnings(respond(code, &written.object), &written.warnings)
+}
+
+/// A list of `items` read at `revision` (as a Table when asked).
+fn list_response(target: &Target, items: Vec<Value>, revision: u64, table: bool) -> Response {
+    let rv = revision.to_string();
+    if table {
+        return json_response(
+            StatusCode::OK,
+            &table::table(target.resource.kind, &items, &rv),
+        );
+    }
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "apiVersion": target.resource.api_version(),
+            "kind": target.resource.list_kind(),
+            "metadata": {"resourceVersion": rv},
+            "items": items,
+        }),
+    )
+}
+
+/// `labelSelector` and `fieldSelector`.
+fn selectors(query: &HashMap<String, String>) -> Result<(Selector, Selector), ApiError> {
+    let get = |name: &str| query.get(name).map_or("", String::as_str);
+    Ok((
+        Selector::labels(get("labelSelector"))?,
+        Selector::fields(get("fieldSelector"))?,
+    ))
+}
+
+/// `dryRun` and `fieldValidation`.
+fn write_options(query: &HashMap<String, String>) -> Result<WriteOptions, ApiError> {
+    Ok(WriteOptions {
+        fields: FieldValidation::parse(query.get("fieldValidation").map(String::as_str))?,
+        dry_run: dry_run(query)?,
+    })
+}
+
+/// The query's `dryRun` and `gracePeriodSeconds`, and a DeleteOptions
+/// body's preconditions and grace period (the query's wins).
+fn delete_options(query: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOptions, ApiError> {
+    let options: Value = if body.is_empty() {
+        json!({})
+    } else {
+        prepare::parse_body(body)?
+    };
+    let text = |path: &str| {
+        options
+            .pointer(path)
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let grace = query
+        .get("gracePeriodSeconds")
+        .map(|g| g.parse::<i64>())
+        .or_else(|| {
+            options
+                .get("gracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .map(Ok)
+        })
+        .transpose()
+        .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?;
+    Ok(DeleteOptions {
+        dry_run: dry_run(query)?,
+        grace,
+        uid: text("/preconditions/uid"),
+        resource_version: text("/preconditions/resourceVersion"),
+    })
 }
 
 async fn authorize(
@@ -247,7 +362,8 @@ async fn authorize(
     {
         if let Some(record) = api
             .0
-            .store
+            .registry
+            .store()
             .get(&target.key())
             .await
             .map_err(|e| store_error(target, e))?
@@ -283,7 +399,8 @@ async fn used_by_pod_on(
     let prefix = format!("/registry/pods/{namespace}/");
     let (pods, _) = api
         .0
-        .store
+        .registry
+        .store()
         .list(&prefix)
         .await
         .map_err(|e| ApiError::from_store("pods", "", e))?;
@@ -370,820 +487,6 @@ fn with_warnings(mut response: Response, warnings: &[String]) -> Response {
         }
     }
     response
-}
-
-/// Who owns allocations made for an object.
-fn owner(target: &Target, name: &str) -> String {
-    match &target.namespace {
-        Some(ns) if target.resource.namespaced => format!("{}/{ns}/{name}", target.resource.plural),
-        _ => format!("{}/{name}", target.resource.plural),
-    }
-}
-
-/// One request's context.
-struct Ctx<'a> {
-    api: &'a Api,
-    user: &'a User,
-    target: &'a Target,
-    query: &'a HashMap<String, String>,
-    headers: &'a HeaderMap,
-}
-
-impl Ctx<'_> {
-    fn resource(&self) -> &'static Resource {
-        self.target.resource
-    }
-
-    /// Admission after defaults and before the write: what a node's
-    /// credentials may change (NodeRestriction), and no Node claiming
-    /// another's overlay identity. `old` is `None` for a create.
-    async fn admit(&self, old: Option<&Value>, new: &Value) -> Result<(), ApiError> {
-        let plural = self.resource().plural;
-        if let User::Node { node } = self.user {
-            match (plural, self.target.sub.as_deref(), old) {
-                // Status writes carry labels too.
-                ("nodes", _, _) => node_restriction::admit_node_object(node, old, new)?,
-                ("pods", Some("status"), Some(old)) => {
-                    node_restriction::admit_pod_status(node, old, new)?
-                }
-                _ => {}
-            }
-        }
-        let identity_changed = || {
-            node_restriction::OVERLAY_IDENTITY_ANNOTATIONS
-                .iter()
-                .any(|k| {
-                    let path = format!("/metadata/annotations/{}", k.replace('/', "~1"));
-                    old.and_then(|o| o.pointer(&path)) != new.pointer(&path)
-                })
-        };
-        if plural == "nodes" && identity_changed() {
-            let (records, _) = self
-                .api
-                .0
-                .store
-                .list("/registry/nodes/")
-                .await
-                .map_err(|e| store_error(self.target, e))?;
-            let nodes: Vec<(String, Value)> = records
-                .iter()
-                .map(|r| {
-                    let obj = object::from_record(r)?;
-                    Ok((object::name(&obj).unwrap_or_default().to_string(), obj))
-                })
-                .collect::<Result<_, ApiError>>()?;
-            if let Some((annotation, value, other)) = node_restriction::overlay_identity_clash(
-                new,
-                nodes.iter().map(|(n, o)| (n.as_str(), o)),
-            ) {
-                return Err(ApiError::invalid(
-                    "Node",
-                    object::name(new).unwrap_or_default(),
-                    &[(
-                        format!("metadata.annotations[{annotation}]"),
-                        format!(
-                            "Duplicate value: \"{value}\": already claimed by node \"{other}\""
-                        ),
-                    )],
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    async fn read(&self) -> Result<(Record, Value), ApiError> {
-        let record = self
-            .api
-            .0
-            .store
-            .get(&self.target.key())
-            .await
-            .map_err(|e| store_error(self.target, e))?
-            .ok_or_else(|| ApiError::not_found(self.resource().plural, self.target.name()))?;
-        let obj = object::from_record(&record)?;
-        Ok((record, obj))
-    }
-
-    fn respond(&self, code: StatusCode, obj: &Value) -> Response {
-        if wants_table(self.headers) {
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("");
-            json_response(
-                code,
-                &table::table(self.resource().kind, std::slice::from_ref(obj), rv),
-            )
-        } else {
-            json_response(code, obj)
-        }
-    }
-
-    async fn get(&self) -> Result<Response, ApiError> {
-        let (_, obj) = self.read().await?;
-        if self.target.sub.as_deref() == Some("scale") {
-            return Ok(json_response(StatusCode::OK, &scale_of(&obj)));
-        }
-        Ok(self.respond(StatusCode::OK, &obj))
-    }
-
-    async fn list(&self) -> Result<Response, ApiError> {
-        let labels = Selector::labels(self.query.get("labelSelector").map_or("", String::as_str))?;
-        let fields = Selector::fields(self.query.get("fieldSelector").map_or("", String::as_str))?;
-        let (records, revision) = self
-            .api
-            .0
-            .store
-            .list(&self.target.prefix())
-            .await
-            .map_err(|e| store_error(self.target, e))?;
-        let mut items = Vec::with_capacity(records.len());
-        for record in &records {
-            let obj = object::from_record(record)?;
-            if labels.matches_labels(&obj) && fields.matches_fields(&obj) {
-                items.push(obj);
-            }
-        }
-        let rv = revision.to_string();
-        if wants_table(self.headers) {
-            return Ok(json_response(
-                StatusCode::OK,
-                &table::table(self.resource().kind, &items, &rv),
-            ));
-        }
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "apiVersion": self.resource().api_version(),
-                "kind": self.resource().list_kind(),
-                "metadata": {"resourceVersion": rv},
-                "items": items,
-            }),
-        ))
-    }
-
-    async fn namespace_must_exist(&self, obj: &Value) -> Result<(), ApiError> {
-        if !self.resource().namespaced {
-            return Ok(());
-        }
-        let ns = object::namespace(obj).unwrap_or("default");
-        let record = self
-            .api
-            .0
-            .store
-            .get(&format!("/registry/namespaces/{ns}"))
-            .await
-            .map_err(|e| store_error(self.target, e))?;
-        match record {
-            None => Err(ApiError::not_found("namespaces", ns)),
-            Some(r)
-                if object::from_record(&r)?
-                    .pointer("/metadata/deletionTimestamp")
-                    .is_some() =>
-            {
-                Err(ApiError::forbidden(format!(
-                    "unable to create new content in namespace {ns} because it is being terminated"
-                )))
-            }
-            Some(_) => Ok(()),
-        }
-    }
-
-    async fn create(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let resource = self.resource();
-        let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
-        let dry = dry_run(self.query)?;
-        let (mut obj, warnings) =
-            prepare::for_create(resource, body, self.target.namespace.as_deref(), fields)?;
-        self.admit(None, &obj).await?;
-        self.namespace_must_exist(&obj).await?;
-        let name = object::name(&obj).unwrap_or_default().to_string();
-        let claims = self.allocate(&mut obj, None, &name).await?;
-        if dry {
-            self.api.0.alloc.release(claims).await;
-            return Ok(with_warnings(
-                self.respond(StatusCode::CREATED, &obj),
-                &warnings,
-            ));
-        }
-        let key = resource.key(object::namespace(&obj), &name);
-        let stored = self
-            .api
-            .0
-            .store
-            .create(&key, object::to_stored(&obj)?)
-            .await;
-        let record = match stored {
-            Ok(record) => record,
-            Err(e) => {
-                self.api.0.alloc.release(claims).await;
-                return Err(ApiError::from_store(resource.plural, &name, e));
-            }
-        };
-        let created = object::from_record(&record)?;
-        Ok(with_warnings(
-            self.respond(StatusCode::CREATED, &created),
-            &warnings,
-        ))
-    }
-
-    /// Allocates what the API server owns for Services and Nodes.
-    async fn allocate(
-        &self,
-        obj: &mut Value,
-        old: Option<&Value>,
-        name: &str,
-    ) -> Result<Claims, ApiError> {
-        if self.target.sub.is_some() {
-            return Ok(Claims::default());
-        }
-        let owner = owner(self.target, name);
-        match self.resource().kind {
-            "Service" => self.api.0.alloc.service(obj, old, &owner).await,
-            "Node" => self.api.0.alloc.node(obj, old, &owner).await,
-            _ => Ok(Claims::default()),
-        }
-    }
-
-    async fn update(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let new = prepare::parse_body(body)?;
-        if self.target.sub.as_deref() == Some("scale") {
-            return self.write_scale(|_| Ok(new.clone())).await;
-        }
-        let expected = new
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-            .filter(|rv| !rv.is_empty())
-            .map(object::parse_resource_version)
-            .transpose()?;
-        if let Some(body_name) = object::name(&new) {
-            if body_name != self.target.name() {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({body_name}) does not match the name on the URL ({})",
-                    self.target.name()
-                )));
-            }
-        }
-        let (record, old) = self.read().await?;
-        self.write(&record, &old, new, expected).await
-    }
-
-    /// Stores `new` over `old` (read at `record`), `expected` being the
-    /// client's resourceVersion if it sent one.
-    async fn write(
-        &self,
-        record: &Record,
-        old: &Value,
-        mut new: Value,
-        expected: Option<u64>,
-    ) -> Result<Response, ApiError> {
-        let resource = self.resource();
-        object::check_type(resource, &mut new)?;
-        object::check_namespace(resource, &mut new, self.target.namespace.as_deref())?;
-        object::prepare_update(resource, old, &mut new, self.target.sub.as_deref())?;
-        self.admit(Some(old), &new).await?;
-        let fields = FieldValidation::parse(self.query.get("fieldValidation").map(String::as_str))?;
-        let dry = dry_run(self.query)?;
-        let warnings = validate(resource, &mut new, Some(old), fields)?;
-        if let Some(expected) = expected {
-            if expected != record.mod_revision {
-                return Err(ApiError::conflict(resource.plural, self.target.name()));
-            }
-        }
-        let claims = self
-            .allocate(&mut new, Some(old), self.target.name())
-            .await?;
-        if dry {
-            self.api.0.alloc.release(claims).await;
-            return Ok(with_warnings(self.respond(StatusCode::OK, &new), &warnings));
-        }
-        // An object being deleted goes once its last finalizer is removed.
-        let finalized = new.pointer("/metadata/deletionTimestamp").is_some()
-            && new
-                .pointer("/metadata/finalizers")
-                .and_then(Value::as_array)
-                .is_none_or(|f| f.is_empty())
-            && !awaits_node(resource, &new);
-        if finalized {
-            self.api.0.alloc.release(claims).await;
-            let deleted = self.remove(record, old).await?;
-            return Ok(with_warnings(
-                self.respond(StatusCode::OK, &deleted),
-                &warnings,
-            ));
-        }
-        let stored = object::to_stored(&new)?;
-        if *stored == *record.value {
-            // Nothing changed: no write, no new resourceVersion.
-            return Ok(with_warnings(self.respond(StatusCode::OK, old), &warnings));
-        }
-        let result = self
-            .api
-            .0
-            .store
-            .update(&record.key, stored, Some(record.mod_revision))
-            .await;
-        match result {
-            Ok(r) => {
-                // Only now that the new object is stored may what the old
-                // one held (and the new one does not) go back.
-                if resource.kind == "Service" && self.target.sub.is_none() {
-                    self.api.0.alloc.release_replaced(old, &new).await;
-                }
-                Ok(with_warnings(
-                    self.respond(StatusCode::OK, &object::from_record(&r)?),
-                    &warnings,
-                ))
-            }
-            Err(e) => {
-                self.api.0.alloc.release(claims).await;
-                Err(store_error(self.target, e))
-            }
-        }
-    }
-
-    async fn patch(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let content_type = self
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let kind = PatchType::from_content_type(content_type)?;
-        if self.target.sub.as_deref() == Some("scale") {
-            return self
-                .write_scale(|scale| patch::apply(scale, body, kind))
-                .await;
-        }
-        for _ in 0..PATCH_ATTEMPTS {
-            let (record, old) = self.read().await?;
-            let new = patch::apply(&old, body, kind)?;
-            // A resourceVersion in the patch is a precondition; otherwise
-            // the patch applies to whatever is current (retried on races).
-            let sent_rv = new
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .filter(|rv| {
-                    *rv != old
-                        .pointer("/metadata/resourceVersion")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                })
-                .map(object::parse_resource_version)
-                .transpose()?;
-            match self.write(&record, &old, new, sent_rv).await {
-                Err(e) if e.reason == "Conflict" && sent_rv.is_none() => continue,
-                other => return other,
-            }
-        }
-        Err(ApiError::conflict(
-            self.resource().plural,
-            self.target.name(),
-        ))
-    }
-
-    /// Reads the scale of a Deployment or ReplicaSet, lets `change` produce
-    /// the new Scale, and writes its replicas into the object.
-    async fn write_scale(
-        &self,
-        change: impl Fn(&Value) -> Result<Value, ApiError>,
-    ) -> Result<Response, ApiError> {
-        for _ in 0..PATCH_ATTEMPTS {
-            let (record, old) = self.read().await?;
-            let scale = scale_of(&old);
-            let new_scale = change(&scale)?;
-            let replicas = new_scale
-                .pointer("/spec/replicas")
-                .and_then(Value::as_i64)
-                .ok_or_else(|| ApiError::bad_request("the Scale has no spec.replicas"))?;
-            let expected = new_scale
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .filter(|rv| !rv.is_empty())
-                .map(object::parse_resource_version)
-                .transpose()?;
-            if let Some(expected) = expected {
-                if expected != record.mod_revision {
-                    return Err(ApiError::conflict(
-                        self.resource().plural,
-                        self.target.name(),
-                    ));
-                }
-            }
-            let mut new = old.clone();
-            new["spec"]["replicas"] = json!(replicas);
-            let target = Target {
-                resource: self.target.resource,
-                namespace: self.target.namespace.clone(),
-                name: self.target.name.clone(),
-                sub: None,
-            };
-            let ctx = Ctx {
-                target: &target,
-                ..*self
-            };
-            match ctx.write(&record, &old, new, None).await {
-                Ok(_) => {
-                    let (_, current) = ctx.read().await?;
-                    return Ok(json_response(StatusCode::OK, &scale_of(&current)));
-                }
-                Err(e) if e.reason == "Conflict" && expected.is_none() => continue,
-                Err(e) => return Err(e),
-            }
-        }
-        Err(ApiError::conflict(
-            self.resource().plural,
-            self.target.name(),
-        ))
-    }
-
-    /// `POST pods/<name>/binding`: assigns the pod to a node.
-    async fn bind(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let binding = prepare::parse_body(body)?;
-        let node = binding
-            .pointer("/target/name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "Binding",
-                    self.target.name(),
-                    &[("target.name".into(), "Required value".into())],
-                )
-            })?
-            .to_string();
-        let (record, old) = self.read().await?;
-        if old.pointer("/metadata/deletionTimestamp").is_some() {
-            return Err(ApiError::conflict_because(format!(
-                "pod {} is being deleted and cannot be bound",
-                self.target.name()
-            )));
-        }
-        if let Some(current) = old
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-        {
-            return Err(ApiError::conflict_because(format!(
-                "pod {} is already assigned to node \"{current}\"",
-                self.target.name()
-            )));
-        }
-        let mut new = old.clone();
-        new["spec"]["nodeName"] = json!(node);
-        let stored = object::to_stored(&new)?;
-        self.api
-            .0
-            .store
-            .update(&record.key, stored, Some(record.mod_revision))
-            .await
-            .map_err(|e| store_error(self.target, e))?;
-        Ok(json_response(StatusCode::CREATED, &success_status()))
-    }
-
-    async fn delete(&self, body: &Bytes) -> Result<Response, ApiError> {
-        let options: Value = if body.is_empty() {
-            json!({})
-        } else {
-            prepare::parse_body(body)?
-        };
-        let (record, old) = self.read().await?;
-        if let Some(uid) = options
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-        {
-            if old.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
-                return Err(ApiError::conflict(
-                    self.resource().plural,
-                    self.target.name(),
-                ));
-            }
-        }
-        if let Some(rv) = options
-            .pointer("/preconditions/resourceVersion")
-            .and_then(Value::as_str)
-        {
-            if object::parse_resource_version(rv)? != record.mod_revision {
-                return Err(ApiError::conflict(
-                    self.resource().plural,
-                    self.target.name(),
-                ));
-            }
-        }
-        if self.resource().kind == "Namespace" && SYSTEM_NAMESPACES.contains(&self.target.name()) {
-            return Err(ApiError::forbidden(format!(
-                "namespace \"{}\" is a system namespace and may not be deleted",
-                self.target.name()
-            )));
-        }
-        let grace = self
-            .query
-            .get("gracePeriodSeconds")
-            .map(|g| g.parse::<i64>())
-            .or_else(|| {
-                options
-                    .get("gracePeriodSeconds")
-                    .and_then(Value::as_i64)
-                    .map(Ok)
-            })
-            .transpose()
-            .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?;
-        if dry_run(self.query)? {
-            return Ok(self.respond(StatusCode::OK, &old));
-        }
-        let has_finalizers = old
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
-        let graceful = awaits_node(self.resource(), &old) && grace != Some(0);
-        if has_finalizers || graceful {
-            return self.mark_deleted(&record, old, grace).await;
-        }
-        let deleted = self.remove(&record, &old).await?;
-        Ok(self.respond(StatusCode::OK, &deleted))
-    }
-
-    /// Sets deletionTimestamp (and a pod's grace period) instead of
-    /// removing: finalizers or the pod's node finish the delete.
-    async fn mark_deleted(
-        &self,
-        record: &Record,
-        old: Value,
-        grace: Option<i64>,
-    ) -> Result<Response, ApiError> {
-        if old.pointer("/metadata/deletionTimestamp").is_some() {
-            return Ok(self.respond(StatusCode::OK, &old));
-        }
-        let mut new = old;
-        let mut deadline = jiff::Timestamp::now();
-        if self.resource().kind == "Pod" {
-            let grace = grace
-                .or_else(|| {
-                    new.pointer("/spec/terminationGracePeriodSeconds")
-                        .and_then(Value::as_i64)
-                })
-                .unwrap_or(defaults::GRACE_SECONDS)
-                .max(1);
-            new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            deadline = deadline
-                .checked_add(jiff::SignedDuration::from_secs(grace))
-                .unwrap_or(deadline);
-        }
-        new["metadata"]["deletionTimestamp"] =
-            json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
-        let updated = self
-            .api
-            .0
-            .store
-            .update(
-                &record.key,
-                object::to_stored(&new)?,
-                Some(record.mod_revision),
-            )
-            .await
-            .map_err(|e| store_error(self.target, e))?;
-        Ok(self.respond(StatusCode::OK, &object::from_record(&updated)?))
-    }
-
-    /// Removes the object (and, for a namespace, everything in it) and
-    /// releases what was allocated for it.
-    async fn remove(&self, record: &Record, old: &Value) -> Result<Value, ApiError> {
-        if self.resource().kind == "Namespace" {
-            remove_namespace_contents(self.api, self.target.name()).await?;
-        }
-        let deleted = self
-            .api
-            .0
-            .store
-            .delete(&record.key, Some(record.mod_revision))
-            .await
-            .map_err(|e| store_error(self.target, e))?;
-        release(self.api, self.resource(), old).await;
-        object::from_record(&deleted)
-    }
-
-    async fn delete_collection(&self) -> Result<Response, ApiError> {
-        let labels = Selector::labels(self.query.get("labelSelector").map_or("", String::as_str))?;
-        let fields = Selector::fields(self.query.get("fieldSelector").map_or("", String::as_str))?;
-        let (records, _) = self
-            .api
-            .0
-            .store
-            .list(&self.target.prefix())
-            .await
-            .map_err(|e| store_error(self.target, e))?;
-        let mut deleted = Vec::new();
-        for record in records {
-            let obj = object::from_record(&record)?;
-            if !(labels.matches_labels(&obj) && fields.matches_fields(&obj)) {
-                continue;
-            }
-            let target = Target {
-                resource: self.target.resource,
-                namespace: object::namespace(&obj).map(String::from),
-                name: object::name(&obj).map(String::from),
-                sub: None,
-            };
-            let ctx = Ctx {
-                target: &target,
-                ..*self
-            };
-            match ctx.delete(&Bytes::new()).await {
-                Ok(_) | Err(ApiError { code: 404, .. }) => deleted.push(obj),
-                Err(e) => return Err(e),
-            }
-        }
-        let revision = self
-            .api
-            .0
-            .store
-            .revision()
-            .await
-            .map_err(|e| store_error(self.target, e))?;
-        Ok(json_response(
-            StatusCode::OK,
-            &json!({
-                "apiVersion": self.resource().api_version(),
-                "kind": self.resource().list_kind(),
-                "metadata": {"resourceVersion": revision.to_string()},
-                "items": deleted,
-            }),
-        ))
-    }
-}
-
-/// Whether deleting this object waits for its node (a pod bound to a
-/// node, not yet confirmed gone).
-fn awaits_node(resource: &Resource, obj: &Value) -> bool {
-    resource.kind == "Pod"
-        && obj
-            .pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty())
-        && !matches!(
-            obj.pointer("/status/phase").and_then(Value::as_str),
-            Some("Succeeded" | "Failed")
-        )
-}
-
-async fn release(api: &Api, resource: &Resource, obj: &Value) {
-    match resource.kind {
-        "Service" => api.0.alloc.release_service(obj).await,
-        "Node" => api.0.alloc.release_node(obj).await,
-        _ => {}
-    }
-}
-
-/// Deletes every namespaced object in namespace `ns`.
-async fn remove_namespace_contents(api: &Api, ns: &str) -> Result<(), ApiError> {
-    for resource in resources::RESOURCES.iter().filter(|r| r.namespaced) {
-        let (records, _) = api
-            .0
-            .store
-            .list(&resource.scope_prefix(Some(ns)))
-            .await
-            .map_err(|e| ApiError::from_store(resource.plural, ns, e))?;
-        for record in records {
-            let obj = object::from_record(&record)?;
-            match api.0.store.delete(&record.key, None).await {
-                Ok(_) | Err(StoreError::NotFound { .. }) => release(api, resource, &obj).await,
-                Err(e) => return Err(ApiError::from_store(resource.plural, ns, e)),
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The autoscaling/v1 Scale of a Deployment or ReplicaSet.
-fn scale_of(obj: &Value) -> Value {
-    let selector: Vec<String> = obj
-        .pointer("/spec/selector/matchLabels")
-        .and_then(Value::as_object)
-        .into_iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
-        .collect();
-    let meta = &obj["metadata"];
-    json!({
-        "apiVersion": "autoscaling/v1",
-        "kind": "Scale",
-        "metadata": {
-            "name": meta["name"],
-            "namespace": meta["namespace"],
-            "uid": meta["uid"],
-            "resourceVersion": meta["resourceVersion"],
-            "creationTimestamp": meta["creationTimestamp"],
-        },
-        "spec": {"replicas": obj.pointer("/spec/replicas").cloned().unwrap_or(json!(0))},
-        "status": {
-            "replicas": obj.pointer("/status/replicas").cloned().unwrap_or(json!(0)),
-            "selector": selector.join(","),
-        },
-    })
-}
-
-/// Creates the namespaces and the `kubernetes` Service every cluster has,
-/// and keeps the Service's EndpointSlice pointing at this server.
-pub(super) async fn bootstrap(api: &Api) -> Result<(), ApiError> {
-    let namespaces = resources::find("", "v1", "namespaces")
-        .ok_or_else(|| ApiError::internal("no namespaces"))?;
-    for ns in SYSTEM_NAMESPACES {
-        let mut obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        object::prepare_create(namespaces, &mut obj)?;
-        defaults::apply("Namespace", &mut obj);
-        create_if_missing(api, &namespaces.key(None, ns), &obj).await?;
-    }
-    let services =
-        resources::find("", "v1", "services").ok_or_else(|| ApiError::internal("no services"))?;
-    let key = services.key(Some("default"), "kubernetes");
-    if api
-        .0
-        .store
-        .get(&key)
-        .await
-        .map_err(|e| ApiError::from_store("services", "kubernetes", e))?
-        .is_none()
-    {
-        let ip = api.0.alloc.ranges().api_service_ip().to_string();
-        let mut svc = json!({"apiVersion": "v1", "kind": "Service",
-            "metadata": {"name": "kubernetes", "namespace": "default",
-                "labels": {"component": "apiserver", "provider": "kubernetes"}},
-            "spec": {"type": "ClusterIP", "clusterIP": ip,
-                "ports": [{"name": "https", "port": 443, "protocol": "TCP",
-                    "targetPort": own_endpoint(&api.0.config.server_address).map_or(6443, |(_, port)| port)}]}});
-        object::prepare_create(services, &mut svc)?;
-        defaults::apply("Service", &mut svc);
-        let claims = api
-            .0
-            .alloc
-            .service(&mut svc, None, "services/default/kubernetes")
-            .await?;
-        if let Err(e) = create_if_missing(api, &key, &svc).await {
-            api.0.alloc.release(claims).await;
-            return Err(e);
-        }
-    }
-    publish_own_endpoint(api).await
-}
-
-/// The IPv4 address and port clients reach this server at, if the
-/// advertised address is an IPv4 address.
-fn own_endpoint(server_address: &str) -> Option<(std::net::Ipv4Addr, u16)> {
-    let addr: std::net::SocketAddrV4 = server_address.parse().ok()?;
-    Some((*addr.ip(), addr.port()))
-}
-
-/// Writes the `kubernetes` Service's EndpointSlice with this server's
-/// advertised address (as the API server's endpoint reconciler does), so
-/// service proxies route the Service to it. Rewritten when the address or
-/// port changed since the last start.
-async fn publish_own_endpoint(api: &Api) -> Result<(), ApiError> {
-    let Some((ip, port)) = own_endpoint(&api.0.config.server_address) else {
-        tracing::warn!(address = %api.0.config.server_address, "advertised address is not IPv4: no EndpointSlice for the kubernetes Service");
-        return Ok(());
-    };
-    let slices = resources::find("discovery.k8s.io", "v1", "endpointslices")
-        .ok_or_else(|| ApiError::internal("no endpointslices"))?;
-    let key = slices.key(Some("default"), "kubernetes");
-    let endpoints = json!([{"addresses": [ip.to_string()], "conditions": {"ready": true}}]);
-    let ports = json!([{"name": "https", "port": port, "protocol": "TCP"}]);
-    let existing = api
-        .0
-        .store
-        .get(&key)
-        .await
-        .map_err(|e| ApiError::from_store("endpointslices", "kubernetes", e))?;
-    match existing {
-        None => {
-            let mut slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-                "metadata": {"name": "kubernetes", "namespace": "default",
-                    "labels": {"kubernetes.io/service-name": "kubernetes"}},
-                "addressType": "IPv4", "endpoints": endpoints, "ports": ports});
-            object::prepare_create(slices, &mut slice)?;
-            create_if_missing(api, &key, &slice).await
-        }
-        Some(record) => {
-            let mut slice: Value = serde_json::from_slice(&record.value)
-                .map_err(|e| ApiError::internal(format!("stored kubernetes EndpointSlice: {e}")))?;
-            if slice["endpoints"] == endpoints && slice["ports"] == ports {
-                return Ok(());
-            }
-            slice["endpoints"] = endpoints;
-            slice["ports"] = ports;
-            api.0
-                .store
-                .update(&key, object::to_stored(&slice)?, Some(record.mod_revision))
-                .await
-                .map(drop)
-                .map_err(|e| ApiError::from_store("endpointslices", "kubernetes", e))
-        }
-    }
-}
-
-async fn create_if_missing(api: &Api, key: &str, obj: &Value) -> Result<(), ApiError> {
-    match api.0.store.create(key, object::to_stored(obj)?).await {
-        Ok(_) | Err(StoreError::AlreadyExists { .. }) => Ok(()),
-        Err(e) => Err(ApiError::from_store("bootstrap", key, e)),
-    }
 }
 
 #[cfg(test)]

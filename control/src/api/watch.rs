@@ -21,10 +21,10 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::rest::Target;
 use super::{table, Api};
 use crate::error::ApiError;
 use crate::object;
+use crate::registry::Target;
 use crate::resources::Resource;
 use crate::selector::Selector;
 use crate::store::{Event, EventKind, StoreError};
@@ -135,7 +135,7 @@ pub(super) async fn serve(
         .transpose()?;
 
     let prefix = target.prefix();
-    let store = &api.0.store;
+    let store = api.0.registry.store();
     let mut initial = Vec::new();
     let start = match requested {
         Some(rv) if !send_initial => rv,
