@@ -7,6 +7,7 @@
 //!   object handling, and [`prepare`], their order for a request body;
 //! - [`registry`]: what each request does to the store, one strategy per
 //!   kind, free of HTTP ([`api`] is the HTTP layer over it);
+//! - [`controllers`]: the control loops;
 //! - [`alloc`]: ClusterIPs, NodePorts and pod CIDRs;
 //! - [`pki`] and [`auth`]: certificates, tokens, who may do what;
 //!   [`node_restriction`]: what a node's own credentials may change.
@@ -14,6 +15,7 @@
 pub mod alloc;
 pub mod api;
 pub mod auth;
+pub mod controllers;
 pub mod defaults;
 pub mod error;
 pub mod metrics;

@@ -290,7 +290,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Allocator::new(Arc::clone(&store), ranges),
         Authenticator::new(tokens),
         ApiConfig {
-            server_address,
+            server_address: server_address.clone(),
             bookmark_interval: Duration::from_secs(60),
         },
     );
@@ -304,6 +304,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         }
         Err(e) => return Err(e).context("creating the default namespaces and Services"),
     }
+
+    berth_control::controllers::start(
+        api.client("system:kube-controller-manager"),
+        berth_control::controllers::Config { server_address },
+        berth_cli::shutdown_signal(),
+    );
 
     let limits = connection_limits(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -397,12 +397,37 @@ fn bad_manifests_are_refused_with_readable_errors(backend: Backend) {
 
 fn the_kubernetes_service_has_this_servers_endpoint(backend: Backend) {
     let server = Server::start_on(backend, &[]);
-    let out = server.kubectl_ok(&[
-        "get", "endpointslice", "kubernetes", "-n", "default", "-o",
-        "jsonpath={.endpoints[0].addresses[0]} {.ports[0].port} {.metadata.labels.kubernetes\\.io/service-name}",
-    ]);
     let port = server.addr().port().to_string();
-    assert_eq!(out.trim(), format!("127.0.0.1 {port} kubernetes"));
+    let expected = format!("127.0.0.1 {port} kubernetes");
+    // The controller writes it, and writes it again when it is changed or
+    // deleted.
+    let slice = || {
+        server
+            .kubectl(&[
+                "get", "endpointslice", "kubernetes", "-n", "default", "-o",
+                "jsonpath={.endpoints[0].addresses[0]} {.ports[0].port} {.metadata.labels.kubernetes\\.io/service-name}",
+            ])
+            .stdout
+    };
+    let eventually = |what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = String::from_utf8_lossy(&slice()).trim().to_string();
+            if out == expected {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{what}: {out:?}, not {expected:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    eventually("at start");
+    server.kubectl_ok(&[
+        "patch", "endpointslice", "kubernetes", "-n", "default", "--type=merge", "-p",
+        r#"{"endpoints":[{"addresses":["10.9.9.9"]}]}"#,
+    ]);
+    eventually("after a change");
+    server.kubectl_ok(&["delete", "endpointslice", "kubernetes", "-n", "default"]);
+    eventually("after a delete");
     let target = server.kubectl_ok(&[
         "get",
         "service",

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-pub use bootstrap::bootstrap;
+pub use bootstrap::{advertised_endpoint, bootstrap};
 pub use namespace::SYSTEM_NAMESPACES;
 
 use crate::alloc::{Allocator, Claims};

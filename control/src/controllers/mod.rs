@@ -1,0 +1,144 @@
+//! The control loops of berth-control, one file each, all of one shape:
+//! `kube::runtime::Controller` watches the objects a loop is about (and
+//! those that should wake it), caches them, and queues keys — one entry
+//! per object however many events arrive — for a reconcile function that
+//! drives the cluster toward what the object asks and answers "requeue
+//! after" or "wait for a change". A failed reconcile is retried for its
+//! key alone, after a delay doubling from 1 s to 5 min (reset by the next
+//! success), so one bad object never slows the others.
+//!
+//! Controllers talk to the API as any client does (a `kube::Client`),
+//! through this server's own router in process: their writes pass the
+//! same validation, admission and watches as kubectl's, and each could run
+//! out of process unchanged.
+
+mod kubernetes_endpoint;
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::Controller;
+use kube::Resource;
+
+/// What the controllers need to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The address and port clients reach this server at (the
+    /// `kubernetes` Service's endpoint).
+    pub server_address: String,
+}
+
+/// Starts every controller on `client`; they run until `shutdown`.
+pub fn start(
+    client: kube::Client,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
+    tokio::spawn(kubernetes_endpoint::run(client, config, shutdown));
+}
+
+/// Per-key delays of failed reconciles.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// The first retry delay.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// The longest retry delay.
+const MAX_RETRY: Duration = Duration::from_secs(300);
+
+impl Backoff {
+    /// Records a failure of `key`; returns how long to wait before the
+    /// next attempt.
+    pub fn failed(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = failures.entry(key.to_owned()).or_default();
+        let delay = FIRST_RETRY
+            .checked_mul(2u32.saturating_pow(*n))
+            .map_or(MAX_RETRY, |d| d.min(MAX_RETRY));
+        *n = n.saturating_add(1);
+        delay
+    }
+
+    /// Forgets the failures of `key` after a success.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
+    }
+}
+
+/// Runs `controller` with `reconcile` until its shutdown: successes reset
+/// a key's backoff, failures are logged and retried after it.
+async fn run<K, C, E, F>(
+    name: &'static str,
+    controller: Controller<K>,
+    context: Arc<C>,
+    backoff: Arc<Backoff>,
+    reconcile: impl Fn(Arc<K>, Arc<C>) -> F + Send + 'static,
+) where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    C: Send + Sync + 'static,
+    E: std::error::Error + Send + 'static,
+    F: Future<Output = Result<Action, E>> + Send + 'static,
+{
+    let key = |obj: &K| ObjectRef::from_obj(obj).to_string();
+    let done = Arc::clone(&backoff);
+    let results = controller.run(
+        move |obj, ctx| {
+            let key = key(&obj);
+            let backoff = Arc::clone(&done);
+            let reconciled = reconcile(obj, ctx);
+            async move {
+                let action = reconciled.await?;
+                backoff.succeeded(&key);
+                Ok::<_, E>(action)
+            }
+        },
+        move |obj, error, _ctx| {
+            let delay = backoff.failed(&key(&obj));
+            tracing::warn!(controller = name, object = %key(&obj), %error, retry_in = ?delay, "reconcile failed");
+            Action::requeue(delay)
+        },
+        context,
+    );
+    results
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(controller = name, error = %e, "controller event");
+            }
+        })
+        .await;
+    tracing::info!(controller = name, "stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_per_key_up_to_the_cap_and_reset_on_success() {
+        let b = Backoff::default();
+        let delays: Vec<u64> = (0..12).map(|_| b.failed("a").as_secs()).collect();
+        assert_eq!(delays[..4], [1, 2, 4, 8]);
+        assert_eq!(*delays.last().unwrap(), 300);
+        assert_eq!(b.failed("b").as_secs(), 1, "keys are independent");
+        b.succeeded("a");
+        assert_eq!(b.failed("a").as_secs(), 1);
+    }
+}
