@@ -416,13 +416,22 @@ fn the_kubernetes_service_has_this_servers_endpoint(backend: Backend) {
             if out == expected {
                 return;
             }
-            assert!(Instant::now() < deadline, "{what}: {out:?}, not {expected:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {out:?}, not {expected:?}"
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     };
     eventually("at start");
     server.kubectl_ok(&[
-        "patch", "endpointslice", "kubernetes", "-n", "default", "--type=merge", "-p",
+        "patch",
+        "endpointslice",
+        "kubernetes",
+        "-n",
+        "default",
+        "--type=merge",
+        "-p",
         r#"{"endpoints":[{"addresses":["10.9.9.9"]}]}"#,
     ]);
     eventually("after a change");

@@ -12,6 +12,7 @@
 //! same validation, admission and watches as kubectl's, and each could run
 //! out of process unchanged.
 
+mod endpointslice;
 mod kubernetes_endpoint;
 
 use std::collections::HashMap;
@@ -41,7 +42,12 @@ pub fn start(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
-    tokio::spawn(kubernetes_endpoint::run(client, config, shutdown));
+    tokio::spawn(kubernetes_endpoint::run(
+        client.clone(),
+        config,
+        shutdown.clone(),
+    ));
+    tokio::spawn(endpointslice::run(client, shutdown));
 }
 
 /// Per-key delays of failed reconciles.
