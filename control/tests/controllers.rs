@@ -7,13 +7,16 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Server};
-use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::Api;
 use serde_json::json;
 
-on_both_stores!(endpoint_slices_follow_the_pods_a_service_selects);
+on_both_stores!(
+    endpoint_slices_follow_the_pods_a_service_selects,
+    the_scheduler_binds_pods_to_nodes_that_fit,
+);
 
 /// Waits until `check` holds for the slices of Service `web`, and returns
 /// them; fails with the last ones seen.
@@ -151,4 +154,160 @@ async fn endpoint_slices_follow_the_pods_a_service_selects(backend: Backend) {
         s.is_empty()
     })
     .await;
+}
+
+/// Waits until `check` holds for pod `name`; fails with the pod last seen.
+async fn pod_until(api: &Api<Pod>, name: &str, what: &str, check: impl Fn(&Pod) -> bool) -> Pod {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let pod = api.get(name).await.expect("get pod");
+        if check(&pod) {
+            return pod;
+        }
+        assert!(Instant::now() < deadline, "{what}: {pod:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn node_of(pod: &Pod) -> Option<String> {
+    pod.spec.as_ref().and_then(|s| s.node_name.clone())
+}
+
+async fn the_scheduler_binds_pods_to_nodes_that_fit(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client, "default");
+    // n1 is tainted, n2 has fast disks, n3 is not ready.
+    for (name, labels, taints, ready) in [
+        (
+            "n1",
+            json!({}),
+            json!([{"key": "dedicated", "value": "db", "effect": "NoSchedule"}]),
+            true,
+        ),
+        ("n2", json!({"disk": "ssd"}), json!([]), true),
+        ("n3", json!({}), json!([]), false),
+    ] {
+        let node: Node = serde_json::from_value(json!({
+            "metadata": {"name": name, "labels": labels},
+            "spec": {"taints": taints},
+        }))
+        .expect("a Node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+        let status = json!({"status": {
+            "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}],
+            "allocatable": {"cpu": "2", "memory": "4Gi", "pods": "110"},
+        }});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .expect("node status");
+    }
+    let pod = |name: &str, extra: serde_json::Value| -> Pod {
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox:1.36",
+            "resources": {"requests": {"cpu": "500m", "memory": "128Mi"}}}]});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        serde_json::from_value(json!({"metadata": {"name": name}, "spec": spec})).expect("a Pod")
+    };
+    for (name, extra) in [
+        ("plain", json!({})),
+        ("ssd", json!({"nodeSelector": {"disk": "ssd"}})),
+        (
+            "db",
+            json!({"tolerations": [{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}],
+            "nodeSelector": {"kubernetes.io/hostname": "n1"}}),
+        ),
+    ] {
+        pods.create(&PostParams::default(), &pod(name, extra))
+            .await
+            .expect("create pod");
+    }
+    let plain = pod_until(&pods, "plain", "plain bound", |p| node_of(p).is_some()).await;
+    assert_eq!(
+        node_of(&plain).as_deref(),
+        Some("n2"),
+        "the only ready, untainted node"
+    );
+    let ssd = pod_until(&pods, "ssd", "ssd bound", |p| node_of(p).is_some()).await;
+    assert_eq!(node_of(&ssd).as_deref(), Some("n2"));
+    // n1 has no hostname label: the selector fits nowhere.
+    let db = pod_until(&pods, "db", "db refused", |p| {
+        p.status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| c.type_ == "PodScheduled" && c.reason.as_deref() == Some("Unschedulable"))
+    })
+    .await;
+    let message = db
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| {
+            c.iter()
+                .find(|c| c.type_ == "PodScheduled")
+                .and_then(|c| c.message.clone())
+        });
+    assert_eq!(
+        message.as_deref(),
+        Some("0/3 nodes are available: 1 node(s) were not ready, 2 node(s) didn't match Pod's node affinity/selector.")
+    );
+    // A node changing makes room: n1 gets the label the pod asks for.
+    nodes
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"kubernetes.io/hostname": "n1"}}})),
+        )
+        .await
+        .expect("label n1");
+    let db = pod_until(&pods, "db", "db bound once n1 fits", |p| {
+        node_of(p).is_some()
+    })
+    .await;
+    assert_eq!(node_of(&db).as_deref(), Some("n1"), "tolerates n1's taint");
+
+    // Requests: n2 has 2 cpus, 1 taken; a pod asking for 1.5 fits nowhere.
+    let big = json!({"containers": [{"name": "c", "image": "busybox:1.36",
+        "resources": {"requests": {"cpu": "1500m"}}}], "nodeSelector": {"disk": "ssd"}});
+    pods.create(
+        &PostParams::default(),
+        &serde_json::from_value::<Pod>(json!({"metadata": {"name": "big"}, "spec": big}))
+            .expect("a Pod"),
+    )
+    .await
+    .expect("create big");
+    pod_until(&pods, "big", "big refused for cpu", |p| {
+        p.status
+            .iter()
+            .flat_map(|s| s.conditions.iter().flatten())
+            .any(|c| {
+                c.message
+                    .as_deref()
+                    .is_some_and(|m| m.contains("1 Insufficient cpu"))
+            })
+    })
+    .await;
+
+    let scheduled = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items;
+    assert!(
+        scheduled
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Scheduled")
+                && e.message.as_deref() == Some("Successfully assigned default/plain to n2")),
+        "{scheduled:#?}"
+    );
+    assert!(scheduled
+        .iter()
+        .any(|e| e.reason.as_deref() == Some("FailedScheduling")));
 }

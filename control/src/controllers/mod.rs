@@ -14,6 +14,7 @@
 
 mod endpointslice;
 mod kubernetes_endpoint;
+mod scheduler;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -47,7 +48,8 @@ pub fn start(
         config,
         shutdown.clone(),
     ));
-    tokio::spawn(endpointslice::run(client, shutdown));
+    tokio::spawn(endpointslice::run(client.clone(), shutdown.clone()));
+    tokio::spawn(scheduler::run(client, shutdown));
 }
 
 /// Per-key delays of failed reconciles.

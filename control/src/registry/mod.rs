@@ -543,6 +543,23 @@ impl Registry {
         target: &Target,
         options: &DeleteOptions,
     ) -> Result<Value, ApiError> {
+        let preconditions = options.uid.is_some() || options.resource_version.is_some();
+        for _ in 0..PATCH_ATTEMPTS {
+            match self.delete_once(target, options).await {
+                // Another writer came between the read and the delete:
+                // without preconditions, the delete applies to what is now.
+                Err(e) if e.reason == "Conflict" && !preconditions => continue,
+                other => return other,
+            }
+        }
+        Err(ApiError::conflict(target.resource.plural, target.name()))
+    }
+
+    async fn delete_once(
+        &self,
+        target: &Target,
+        options: &DeleteOptions,
+    ) -> Result<Value, ApiError> {
         let (record, old) = self.read(target).await?;
         let conflict = || ApiError::conflict(target.resource.plural, target.name());
         if let Some(uid) = &options.uid {

@@ -1,0 +1,342 @@
+//! The scheduler (kube-scheduler's job, its essentials): every pod without
+//! a node whose `schedulerName` is `default-scheduler` is bound to a node
+//! that is Ready, schedulable, matches the pod's `nodeSelector`, has no
+//! taint the pod does not tolerate and has room for its requests (cpu,
+//! memory, pods, against `status.allocatable`); among those, the one with
+//! the fewest pods, then the most free cpu. A pod that fits nowhere gets
+//! `PodScheduled=False`, reason `Unschedulable`, and the message
+//! kube-scheduler writes (`0/3 nodes are available: …`), and is tried again
+//! when nodes change or after a while. A bound pod gets a `Scheduled`
+//! event.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{watcher, Controller};
+use kube::{Api, ResourceExt};
+use serde_json::json;
+
+use super::Backoff;
+
+/// The scheduler's name, which pods name in `spec.schedulerName`.
+const SCHEDULER: &str = "default-scheduler";
+/// How soon an unschedulable pod is tried again without a node change.
+const RETRY_UNSCHEDULABLE: Duration = Duration::from_secs(30);
+
+/// What the reconciles need.
+struct Context {
+    client: kube::Client,
+}
+
+/// Runs the scheduler until `shutdown`.
+pub(super) async fn run(
+    client: kube::Client,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let pending = Controller::new(
+        Api::<Pod>::all(client.clone()),
+        watcher::Config::default().fields("spec.nodeName="),
+    );
+    let store = pending.store();
+    let pending = pending
+        // A node that changes may make room: every pending pod is tried.
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |_| {
+                store
+                    .state()
+                    .into_iter()
+                    .map(|p| ObjectRef::from_obj(&*p))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .graceful_shutdown_on(shutdown);
+    super::run(
+        "scheduler",
+        pending,
+        Arc::new(Context { client }),
+        Arc::new(Backoff::default()),
+        reconcile,
+    )
+    .await;
+}
+
+/// Binds one pod, or says why it cannot be.
+async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+    let Some(spec) = pod.spec.as_ref() else {
+        return Ok(Action::await_change());
+    };
+    let mine = spec.scheduler_name.as_deref().unwrap_or(SCHEDULER) == SCHEDULER;
+    let bound = spec.node_name.as_deref().is_some_and(|n| !n.is_empty());
+    if !mine || bound || pod.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = pod.namespace().unwrap_or_default();
+    let name = pod.name_any();
+    let nodes = Api::<Node>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let pods = Api::<Pod>::all(ctx.client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    match choose(&pod, &nodes, &pods) {
+        Ok(node) => {
+            let binding = json!({
+                "apiVersion": "v1", "kind": "Binding",
+                "metadata": {"name": name, "namespace": namespace},
+                "target": {"apiVersion": "v1", "kind": "Node", "name": node},
+            });
+            Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+                .create_subresource::<serde_json::Value, serde_json::Value>(
+                    "binding",
+                    &name,
+                    &PostParams::default(),
+                    &binding,
+                )
+                .await?;
+            event(
+                &ctx.client,
+                &pod,
+                "Normal",
+                "Scheduled",
+                &format!("Successfully assigned {namespace}/{name} to {node}"),
+            )
+            .await;
+            tracing::info!(pod = %format!("{namespace}/{name}"), %node, "scheduled");
+            Ok(Action::await_change())
+        }
+        Err(message) => {
+            let status = json!({"status": {"conditions": [{
+                "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                "message": message,
+                "lastTransitionTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            }]}});
+            let already = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c.type_ == "PodScheduled" && c.message.as_deref() == Some(message.as_str())
+                });
+            if !already {
+                Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
+                    .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
+                    .await?;
+                event(&ctx.client, &pod, "Warning", "FailedScheduling", &message).await;
+            }
+            Ok(Action::requeue(RETRY_UNSCHEDULABLE))
+        }
+    }
+}
+
+/// Records an event about `pod` (best effort: a lost event is logged).
+async fn event(client: &kube::Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
+    let namespace = pod.namespace().unwrap_or_default();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let event = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{}.", pod.name_any()), "namespace": namespace},
+        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod.name_any(),
+            "namespace": namespace, "uid": pod.uid()},
+        "reason": reason, "message": message, "type": kind,
+        "source": {"component": SCHEDULER},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    let api = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &namespace);
+    let posted = match serde_json::from_value(event) {
+        Ok(event) => api.create(&PostParams::default(), &event).await.map(drop),
+        Err(e) => Err(kube::Error::SerdeError(e)),
+    };
+    if let Err(e) = posted {
+        tracing::warn!(error = %e, reason, "cannot record event");
+    }
+}
+
+/// What a pod asks for: cpu in millicores, memory in bytes.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct Request {
+    cpu: u64,
+    memory: u64,
+}
+
+fn requests(pod: &Pod) -> Request {
+    let mut total = Request::default();
+    for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        let r = c.resources.as_ref().and_then(|r| r.requests.as_ref());
+        let get = |k: &str| r.and_then(|r| r.get(k)).map(|q| q.0.as_str());
+        total.cpu += get("cpu").and_then(millicores).unwrap_or(0);
+        total.memory += get("memory").and_then(bytes).unwrap_or(0);
+    }
+    total
+}
+
+/// A cpu quantity in millicores (`250m`, `1`, `0.5`).
+fn millicores(q: &str) -> Option<u64> {
+    match q.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => q
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v >= 0.0)
+            .map(|v| (v * 1000.0).round() as u64),
+    }
+}
+
+/// A memory quantity in bytes (`128Mi`, `1G`, `1e9`, `1000`).
+fn bytes(q: &str) -> Option<u64> {
+    const SUFFIXES: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+    ];
+    let (number, factor) = SUFFIXES
+        .iter()
+        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
+        .unwrap_or((q, 1.0));
+    number
+        .parse::<f64>()
+        .ok()
+        .filter(|v| *v >= 0.0)
+        .map(|v| (v * factor) as u64)
+}
+
+/// The node for `pod`, or kube-scheduler's message saying why none fits.
+fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
+    let wanted = requests(pod);
+    let spec = pod.spec.clone().unwrap_or_default();
+    let selector = spec.node_selector.clone().unwrap_or_default();
+    let tolerations = spec.tolerations.clone().unwrap_or_default();
+    let tolerates = |key: &str, value: Option<&str>, effect: &str| {
+        tolerations.iter().any(|t| {
+            let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == key);
+            let value_ok = t.operator.as_deref() == Some("Exists")
+                || t.value.as_deref().unwrap_or("") == value.unwrap_or("");
+            let effect_ok = t
+                .effect
+                .as_deref()
+                .is_none_or(|e| e.is_empty() || e == effect);
+            key_ok && value_ok && effect_ok
+        })
+    };
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut fits = Vec::new();
+    for node in nodes {
+        let node_name = node.name_any();
+        let on_node: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| {
+                p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str())
+            })
+            .filter(|p| {
+                !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+            })
+            .collect();
+        let status = node.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .flatten()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        let labels = node.labels();
+        let node_spec = node.spec.clone().unwrap_or_default();
+        let allocatable = status.allocatable.clone().unwrap_or_default();
+        let limit = |k: &str| allocatable.get(k).map(|q| q.0.clone());
+        let used = on_node.iter().fold(Request::default(), |acc, p| {
+            let r = requests(p);
+            Request {
+                cpu: acc.cpu + r.cpu,
+                memory: acc.memory + r.memory,
+            }
+        });
+        let cpu_left = limit("cpu")
+            .and_then(|q| millicores(&q))
+            .map(|a| a.saturating_sub(used.cpu));
+        let memory_left = limit("memory")
+            .and_then(|q| bytes(&q))
+            .map(|a| a.saturating_sub(used.memory));
+        let max_pods = limit("pods").and_then(|q| q.parse::<usize>().ok());
+        let untolerated_taint = node_spec.taints.iter().flatten().find(|t| {
+            matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
+                && !tolerates(&t.key, t.value.as_deref(), &t.effect)
+        });
+        let reason = if !ready {
+            Some("node(s) were not ready".to_owned())
+        } else if node_spec.unschedulable == Some(true)
+            && !tolerates("node.kubernetes.io/unschedulable", None, "NoSchedule")
+        {
+            Some("node(s) were unschedulable".to_owned())
+        } else if let Some(t) = untolerated_taint {
+            Some(format!(
+                "node(s) had untolerated taint {{{}: {}}}",
+                t.key,
+                t.value.clone().unwrap_or_default()
+            ))
+        } else if selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+            Some("node(s) didn't match Pod's node affinity/selector".to_owned())
+        } else if max_pods.is_some_and(|m| on_node.len() >= m) {
+            Some("Too many pods".to_owned())
+        } else if cpu_left.is_some_and(|left| wanted.cpu > left) {
+            Some("Insufficient cpu".to_owned())
+        } else if memory_left.is_some_and(|left| wanted.memory > left) {
+            Some("Insufficient memory".to_owned())
+        } else {
+            None
+        };
+        match reason {
+            Some(r) => *reasons.entry(r).or_default() += 1,
+            None => fits.push((
+                on_node.len(),
+                std::cmp::Reverse(cpu_left.unwrap_or(0)),
+                node_name,
+            )),
+        }
+    }
+    fits.sort();
+    if let Some((_, _, node)) = fits.into_iter().next() {
+        return Ok(node);
+    }
+    let mut why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
+    why.sort();
+    let detail = if why.is_empty() {
+        String::new()
+    } else {
+        format!(" {}.", why.join(", "))
+    };
+    Err(format!("0/{} nodes are available:{detail}", nodes.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_parse_as_kubernetes_writes_them() {
+        assert_eq!(millicores("250m"), Some(250));
+        assert_eq!(millicores("2"), Some(2000));
+        assert_eq!(millicores("0.5"), Some(500));
+        assert_eq!(bytes("128Mi"), Some(128 << 20));
+        assert_eq!(bytes("1G"), Some(1_000_000_000));
+        assert_eq!(bytes("1e3"), Some(1000));
+        assert_eq!(bytes("x"), None);
+    }
+}
