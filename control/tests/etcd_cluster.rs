@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use common::etcd::EtcdCluster;
 use common::Server;
 use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
@@ -335,4 +337,97 @@ async fn etcd_over_tls_with_client_certificates() {
     );
     let (ready, text) = readyz(&bare);
     assert!(!ready, "ready without a client certificate: {text}");
+}
+
+/// The holder of the controllers' Lease once it has one.
+async fn leader(leases: &Api<Lease>, not: Option<&str>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let holder = leases
+            .get_opt("berth-controllers")
+            .await
+            .ok()
+            .flatten()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty() && Some(h.as_str()) != not);
+        if let Some(holder) = holder {
+            return holder;
+        }
+        assert!(Instant::now() < deadline, "no new leader within 40 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The managed EndpointSlices of Service `name`, once there are `n`.
+async fn managed_slices(api: &Api<EndpointSlice>, name: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let slices = api
+            .list(&ListParams::default().labels(&format!(
+                "kubernetes.io/service-name={name},endpointslice.kubernetes.io/managed-by=endpointslice-controller.k8s.io"
+            )))
+            .await
+            .expect("list slices")
+            .items;
+        if slices.len() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} slices for {name}, not {n}",
+            slices.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn one_instance_leads_the_controllers_and_another_takes_over() {
+    let etcd = Arc::new(EtcdCluster::start(1));
+    let mut servers = vec![
+        Server::with_etcd(Arc::clone(&etcd), &[]),
+        Server::with_etcd(Arc::clone(&etcd), &[]),
+    ];
+    let client = servers[1].client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let first = leader(&leases, None).await;
+    let at = servers
+        .iter()
+        .position(|s| first.ends_with(&format!("_{}", s.addr())))
+        .unwrap_or_else(|| panic!("leader {first} is neither server"));
+
+    // Two instances, one set of controllers: a Service gets one slice,
+    // not one per instance.
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let service = |name: &str| -> Service {
+        serde_json::from_value(json!({"metadata": {"name": name},
+            "spec": {"selector": {"app": name}, "ports": [{"port": 80}]}}))
+        .expect("a Service")
+    };
+    services
+        .create(&PostParams::default(), &service("one"))
+        .await
+        .expect("create");
+    managed_slices(&slices, "one", 1).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    managed_slices(&slices, "one", 1).await;
+
+    // The leader dies: the other takes the Lease once it expires, and
+    // runs the controllers.
+    servers.remove(at);
+    let survivor = servers.pop().expect("the other server");
+    let client = survivor.client().await;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-system");
+    let second = leader(&leases, Some(&first)).await;
+    assert!(
+        second.ends_with(&format!("_{}", survivor.addr())),
+        "{second}"
+    );
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    services
+        .create(&PostParams::default(), &service("two"))
+        .await
+        .expect("create");
+    managed_slices(&Api::namespaced(client, "default"), "two", 1).await;
 }

@@ -14,6 +14,7 @@
 
 mod endpointslice;
 mod kubernetes_endpoint;
+pub mod leader;
 mod scheduler;
 
 use std::collections::HashMap;
@@ -36,20 +37,40 @@ pub struct Config {
     pub server_address: String,
 }
 
-/// Starts every controller on `client`; they run until `shutdown`.
+/// Contends for leadership on `client` and, while this instance leads,
+/// runs every controller; returns at `shutdown`.
 pub fn start(
     client: kube::Client,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
-    tokio::spawn(kubernetes_endpoint::run(
+    // Stable across restarts (the address is this instance's own), so a
+    // restarted leader takes its Lease back at once.
+    let identity = format!(
+        "{}_{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap_or_default()
+            .trim(),
+        config.server_address,
+    );
+    let stop = shutdown.clone();
+    tokio::spawn(leader::run(
         client.clone(),
-        config,
-        shutdown.clone(),
+        identity,
+        move |tasks| {
+            // Each controller ends with the task (when leadership is lost)
+            // or at shutdown.
+            tasks.spawn(kubernetes_endpoint::run(
+                client.clone(),
+                config.clone(),
+                stop.clone(),
+            ));
+            tasks.spawn(endpointslice::run(client.clone(), stop.clone()));
+            tasks.spawn(scheduler::run(client.clone(), stop.clone()));
+        },
+        shutdown,
     ));
-    tokio::spawn(endpointslice::run(client.clone(), shutdown.clone()));
-    tokio::spawn(scheduler::run(client, shutdown));
 }
 
 /// Per-key delays of failed reconciles.
