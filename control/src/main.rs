@@ -106,6 +106,10 @@ struct ServeArgs {
     /// Time a client has to complete the TLS handshake, e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     tls_handshake_timeout: Duration,
+    /// How long a node's agent may post neither its Lease nor its status
+    /// before the node is marked unreachable (conditions Unknown, taints).
+    #[arg(long, default_value = "40s", value_parser = parse_duration)]
+    node_monitor_grace_period: Duration,
     /// Time an HTTP/1.1 client has to send a request's headers, e.g. 30s.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     request_header_timeout: Duration,
@@ -307,7 +311,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 
     berth_control::controllers::start(
         api.client("system:kube-controller-manager"),
-        berth_control::controllers::Config { server_address },
+        berth_control::controllers::Config {
+            server_address,
+            node_monitor_grace: args.node_monitor_grace_period,
+        },
         berth_cli::shutdown_signal(),
     );
 

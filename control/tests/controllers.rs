@@ -7,6 +7,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Server};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
@@ -16,6 +17,7 @@ use serde_json::json;
 on_both_stores!(
     endpoint_slices_follow_the_pods_a_service_selects,
     the_scheduler_binds_pods_to_nodes_that_fit,
+    a_silent_node_becomes_unreachable_and_recovers,
 );
 
 /// Waits until `check` holds for the slices of Service `web`, and returns
@@ -310,4 +312,106 @@ async fn the_scheduler_binds_pods_to_nodes_that_fit(backend: Backend) {
     assert!(scheduled
         .iter()
         .any(|e| e.reason.as_deref() == Some("FailedScheduling")));
+}
+
+fn micro_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        .to_string()
+}
+
+/// What the node controller left on `n1`: its Ready status and taint keys.
+async fn node_state(nodes: &Api<Node>) -> (String, Vec<String>) {
+    let node = nodes.get("n1").await.expect("get node");
+    let ready = node
+        .status
+        .iter()
+        .flat_map(|s| s.conditions.iter().flatten())
+        .find(|c| c.type_ == "Ready")
+        .map(|c| c.status.clone())
+        .unwrap_or_default();
+    let taints = node
+        .spec
+        .iter()
+        .flat_map(|s| s.taints.iter().flatten())
+        .map(|t| format!("{}:{}", t.key, t.effect))
+        .collect();
+    (ready, taints)
+}
+
+async fn node_until(nodes: &Api<Node>, what: &str, check: impl Fn(&(String, Vec<String>)) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let state = node_state(nodes).await;
+        if check(&state) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {state:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn a_silent_node_becomes_unreachable_and_recovers(backend: Backend) {
+    let server = Server::start_on(backend, &["--node-monitor-grace-period", "2s"]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).expect("a Node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let heartbeat = || {
+        json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "reason": "KubeletReady", "lastHeartbeatTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}]}})
+    };
+    nodes
+        .patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Strategic(heartbeat()),
+        )
+        .await
+        .expect("ready");
+    let lease: Lease = serde_json::from_value(json!({"metadata": {"name": "n1"},
+        "spec": {"holderIdentity": "n1", "leaseDurationSeconds": 40, "renewTime": micro_now()}}))
+    .expect("a Lease");
+    leases
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("create lease");
+
+    // Silent for longer than the grace period.
+    node_until(
+        &nodes,
+        "unreachable after 2 s of silence",
+        |(ready, taints)| {
+            ready == "Unknown"
+                && taints.contains(&"node.kubernetes.io/unreachable:NoSchedule".to_string())
+                && taints.contains(&"node.kubernetes.io/unreachable:NoExecute".to_string())
+        },
+    )
+    .await;
+
+    // The agent is back: it renews and reports Ready.
+    leases
+        .patch(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"renewTime": micro_now()}})),
+        )
+        .await
+        .expect("renew");
+    nodes
+        .patch_status(
+            "n1",
+            &PatchParams::default(),
+            &Patch::Strategic(heartbeat()),
+        )
+        .await
+        .expect("ready again");
+    node_until(&nodes, "taints gone once Ready again", |(ready, taints)| {
+        ready == "True" && taints.is_empty()
+    })
+    .await;
 }

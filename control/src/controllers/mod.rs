@@ -15,6 +15,7 @@
 mod endpointslice;
 mod kubernetes_endpoint;
 pub mod leader;
+mod node_lifecycle;
 mod scheduler;
 
 use std::collections::HashMap;
@@ -35,6 +36,9 @@ pub struct Config {
     /// The address and port clients reach this server at (the
     /// `kubernetes` Service's endpoint).
     pub server_address: String,
+    /// How long a node's agent may stay silent before the node is
+    /// marked unreachable.
+    pub node_monitor_grace: std::time::Duration,
 }
 
 /// Contends for leadership on `client` and, while this instance leads,
@@ -68,6 +72,11 @@ pub fn start(
             ));
             tasks.spawn(endpointslice::run(client.clone(), stop.clone()));
             tasks.spawn(scheduler::run(client.clone(), stop.clone()));
+            tasks.spawn(node_lifecycle::run(
+                client.clone(),
+                config.node_monitor_grace,
+                stop.clone(),
+            ));
         },
         shutdown,
     ));
