@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Taint};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -120,41 +120,44 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, kube::E
             tracing::warn!(node = %name, silent_for = ?silent, "node unreachable: conditions Unknown");
         }
         if !tainted {
-            let mut next: Vec<Value> = taints
-                .iter()
-                .filter_map(|t| serde_json::to_value(t).ok())
-                .collect();
-            for effect in ["NoSchedule", "NoExecute"] {
-                next.push(json!({"key": UNREACHABLE, "effect": effect,
-                    "timeAdded": now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}));
-            }
-            nodes
-                .patch(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"spec": {"taints": next}})),
-                )
-                .await?;
+            let added = now.strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let unreachable = ["NoSchedule", "NoExecute"]
+                .map(|effect| json!({"key": UNREACHABLE, "effect": effect, "timeAdded": added}));
+            set_taints(&nodes, &name, &taints, true, &unreachable).await?;
         }
         return Ok(Action::await_change());
     }
     if tainted && ready.as_deref() == Some("True") {
-        let next: Vec<Value> = taints
-            .iter()
-            .filter(|t| t.key != UNREACHABLE)
-            .filter_map(|t| serde_json::to_value(t).ok())
-            .collect();
-        nodes
-            .patch(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"taints": next}})),
-            )
-            .await?;
+        set_taints(&nodes, &name, &taints, false, &[]).await?;
         tracing::info!(node = %name, "node reachable again: taints removed");
     }
     // Look again when the grace runs out without news.
     Ok(Action::requeue(
         ctx.grace.saturating_sub(silent) + Duration::from_secs(1),
     ))
+}
+
+/// Writes the node's taints: those it has (without the unreachable ones
+/// unless `keep_unreachable`), then `added`.
+async fn set_taints(
+    nodes: &Api<Node>,
+    name: &str,
+    taints: &[Taint],
+    keep_unreachable: bool,
+    added: &[Value],
+) -> Result<(), kube::Error> {
+    let next: Vec<Value> = taints
+        .iter()
+        .filter(|t| keep_unreachable || t.key != UNREACHABLE)
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .chain(added.iter().cloned())
+        .collect();
+    nodes
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"taints": next}})),
+        )
+        .await
+        .map(drop)
 }
