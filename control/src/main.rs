@@ -309,7 +309,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Err(e) => return Err(e).context("creating the default namespaces and Services"),
     }
 
-    berth_control::controllers::start(
+    let controllers = berth_control::controllers::start(
         api.client("system:kube-controller-manager"),
         berth_control::controllers::Config {
             server_address,
@@ -336,6 +336,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         berth_cli::shutdown_signal(),
     )
     .await?;
+    // The controllers stop on the same signal; give them a moment to
+    // release the leader Lease, so another instance takes over at once.
+    if tokio::time::timeout(Duration::from_secs(5), controllers)
+        .await
+        .is_err()
+    {
+        tracing::warn!("controllers did not stop within 5 s");
+    }
     tracing::info!("berth-control stopped");
     Ok(())
 }

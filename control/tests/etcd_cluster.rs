@@ -430,4 +430,19 @@ async fn one_instance_leads_the_controllers_and_another_takes_over() {
         .await
         .expect("create");
     managed_slices(&Api::namespaced(client, "default"), "two", 1).await;
+
+    // A leader that shuts down cleanly gives the Lease up: a third
+    // instance takes it well before it would have expired.
+    let third = Server::with_etcd(Arc::clone(&etcd), &[]);
+    let leases: Api<Lease> = Api::namespaced(third.client().await, "kube-system");
+    let mut survivor = survivor;
+    let stopped = Instant::now();
+    survivor.terminate();
+    let next = leader(&leases, Some(&second)).await;
+    assert!(next.ends_with(&format!("_{}", third.addr())), "{next}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "took over after {:?}: the Lease was not released",
+        stopped.elapsed()
+    );
 }

@@ -2,9 +2,12 @@
 //! berth-control instances serving one cluster (on one etcd), only the
 //! holder of the Lease `kube-system/berth-controllers` runs the
 //! controllers. The holder renews it every [`RENEW_EVERY`]; another
-//! instance takes it over once it has not been renewed for
-//! [`LEASE_DURATION`]. An instance that cannot renew in time stops its
-//! controllers before another may start them.
+//! instance takes it over once the record has not changed for
+//! [`LEASE_DURATION`] as measured by its own monotonic clock from when it
+//! last saw it change (client-go's algorithm: no trust in other machines'
+//! clocks). An instance that cannot renew within [`RENEW_DEADLINE`] stops
+//! its controllers before another may start them, and the holder gives
+//! the Lease up when it shuts down.
 
 use std::future::Future;
 use std::time::Duration;
@@ -37,8 +40,9 @@ pub async fn run(
     let leases: Api<Lease> = Api::namespaced(client, NAMESPACE);
     let mut shutdown = std::pin::pin!(shutdown);
     let mut running: Option<(JoinSet<()>, tokio::time::Instant)> = None;
+    let mut observed: Option<Observed> = None;
     loop {
-        let renewed = match try_hold(&leases, &identity).await {
+        let renewed = match try_hold(&leases, &identity, &mut observed).await {
             Ok(held) => held,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read or write the leader Lease");
@@ -71,11 +75,44 @@ pub async fn run(
     }
     if let Some((mut tasks, _)) = running {
         tasks.shutdown().await;
+        release(&leases, &identity).await;
+    }
+}
+
+/// The Lease record last seen, and when (on this machine's clock) it was
+/// first seen as it is.
+struct Observed {
+    record: String,
+    since: tokio::time::Instant,
+}
+
+/// Gives the Lease up (empty holder, as client-go's ReleaseOnCancel), so
+/// another instance need not wait for it to expire.
+async fn release(leases: &Api<Lease>, identity: &str) {
+    let Ok(Some(mut lease)) = leases.get_opt(NAME).await else {
+        return;
+    };
+    let Some(spec) = lease.spec.as_mut() else {
+        return;
+    };
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return;
+    }
+    spec.holder_identity = None;
+    spec.lease_duration_seconds = Some(1);
+    match leases.replace(NAME, &PostParams::default(), &lease).await {
+        Ok(_) => tracing::info!(%identity, "released the leader Lease"),
+        Err(e) => tracing::warn!(error = %e, "cannot release the leader Lease"),
     }
 }
 
 /// Acquires or renews the Lease for `identity`; whether it holds it now.
-async fn try_hold(leases: &Api<Lease>, identity: &str) -> Result<bool, kube::Error> {
+/// `observed` remembers the record and when it last changed.
+async fn try_hold(
+    leases: &Api<Lease>,
+    identity: &str,
+    observed: &mut Option<Observed>,
+) -> Result<bool, kube::Error> {
     let now = jiff::Timestamp::now();
     let stamp = now.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string();
     let Some(current) = leases.get_opt(NAME).await? else {
@@ -97,10 +134,18 @@ async fn try_hold(leases: &Api<Lease>, identity: &str) -> Result<bool, kube::Err
     let duration = spec.lease_duration_seconds.map_or(LEASE_DURATION, |s| {
         Duration::from_secs(u64::try_from(s).unwrap_or(0))
     });
-    let expired = spec.renew_time.as_ref().is_none_or(|renewed| {
-        let renewed = renewed.0;
-        now.duration_since(renewed).as_secs_f64() > duration.as_secs_f64()
-    });
+    let record = format!(
+        "{holder}|{:?}|{:?}",
+        spec.renew_time.as_ref().map(|t| t.0),
+        spec.lease_duration_seconds
+    );
+    let seen = tokio::time::Instant::now();
+    let since = match observed.take() {
+        Some(o) if o.record == record => o.since,
+        _ => seen,
+    };
+    *observed = Some(Observed { record, since });
+    let expired = seen.duration_since(since) > duration;
     if holder != identity && !holder.is_empty() && !expired {
         return Ok(false);
     }

@@ -42,12 +42,13 @@ pub struct Config {
 }
 
 /// Contends for leadership on `client` and, while this instance leads,
-/// runs every controller; returns at `shutdown`.
+/// runs every controller, until `shutdown`; the task ends once the
+/// controllers have stopped and the Lease is released.
 pub fn start(
     client: kube::Client,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) {
+) -> tokio::task::JoinHandle<()> {
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     // Stable across restarts (the address is this instance's own), so a
     // restarted leader takes its Lease back at once.
@@ -79,7 +80,7 @@ pub fn start(
             ));
         },
         shutdown,
-    ));
+    ))
 }
 
 /// Per-key delays of failed reconciles.

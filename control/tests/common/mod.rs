@@ -211,6 +211,18 @@ impl Server {
         }
     }
 
+    /// Stops the server with SIGTERM (a clean shutdown) and waits for it.
+    pub(crate) fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) takes no memory; the pid is our child's,
+                // not yet reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            let _ = child.wait();
+        }
+    }
+
     /// Starts the server again on the same port and data.
     pub(crate) fn restart(&mut self) {
         self.kill();
