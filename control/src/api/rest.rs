@@ -177,7 +177,7 @@ async fn handle_inner(
     match verb {
         "get" => {
             let obj = registry.get(&target).await?;
-            Ok(if target.sub.is_some() {
+            Ok(if target.sub.as_deref() == Some("scale") {
                 json_response(StatusCode::OK, &obj)
             } else {
                 respond(StatusCode::OK, &obj)
