@@ -35,6 +35,40 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 pod_spec_defaults(pod_spec);
             }
         }
+        "ReplicationController" => {
+            // The selector and the object's labels default to the
+            // template's labels, as Kubernetes sets them.
+            let template_labels = obj
+                .pointer("/spec/template/metadata/labels")
+                .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
+                .cloned();
+            if let Some(labels) = template_labels {
+                let meta = &mut obj["metadata"];
+                if meta
+                    .get("labels")
+                    .and_then(Value::as_object)
+                    .is_none_or(|l| l.is_empty())
+                {
+                    meta["labels"] = labels.clone();
+                }
+                if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
+                    if spec
+                        .get("selector")
+                        .and_then(Value::as_object)
+                        .is_none_or(|s| s.is_empty())
+                    {
+                        spec["selector"] = labels;
+                    }
+                }
+            }
+            let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
+                return;
+            };
+            default(spec, "replicas", json!(1));
+            if let Some(pod_spec) = spec.pointer_mut("/template/spec") {
+                pod_spec_defaults(pod_spec);
+            }
+        }
         "Namespace" => obj["status"] = json!({"phase": "Active"}),
         "EndpointSlice" => {
             for port in obj

@@ -96,6 +96,9 @@ pub fn check_namespace(
     }
 }
 
+/// Longest `generateName` base kept (Kubernetes' maxGeneratedNameLength).
+const MAX_GENERATED_BASE: usize = 58;
+
 /// Fills in what the server owns for a new object: a name from
 /// `generateName` if needed, uid, creationTimestamp and generation.
 pub fn prepare_create(resource: &Resource, obj: &mut Value) -> Result<(), ApiError> {
@@ -115,7 +118,13 @@ pub fn prepare_create(resource: &Resource, obj: &mut Value) -> Result<(), ApiErr
                 )],
             ));
         };
-        let name = format!("{base}{}", random_suffix());
+        // As Kubernetes: the base is cut so that the name stays a valid
+        // label (63 characters with the 5-character suffix).
+        let mut end = base.len().min(MAX_GENERATED_BASE);
+        while !base.is_char_boundary(end) {
+            end -= 1;
+        }
+        let name = format!("{}{}", &base[..end], random_suffix());
         meta.insert("name".into(), Value::String(name));
     }
     for server_owned in [
@@ -280,6 +289,16 @@ mod tests {
         assert_eq!(pod["metadata"]["generation"], 1);
         assert!(pod["metadata"].get("resourceVersion").is_none());
         assert_eq!(pod["metadata"]["uid"].as_str().unwrap().len(), 36);
+
+        let long = "a".repeat(100);
+        let mut pod = json!({"metadata": {"generateName": long}});
+        prepare_create(pods, &mut pod).unwrap();
+        let generated = super::name(&pod).unwrap();
+        assert_eq!(
+            generated.len(),
+            63,
+            "a generated name stays a label: {generated}"
+        );
     }
 
     #[test]

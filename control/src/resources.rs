@@ -179,6 +179,17 @@ pub static RESOURCES: &[Resource] = &[
         subresources: &[],
     },
     Resource {
+        group: "",
+        version: "v1",
+        kind: "ReplicationController",
+        plural: "replicationcontrollers",
+        singular: "replicationcontroller",
+        namespaced: true,
+        short_names: &["rc"],
+        categories: &["all"],
+        subresources: &["status", "scale"],
+    },
+    Resource {
         group: "apps",
         version: "v1",
         kind: "ReplicaSet",

@@ -83,6 +83,7 @@ pub fn validate(
     match resource.kind {
         "Pod" => check_pod_spec(obj.get("spec"), "spec", &mut causes),
         "Deployment" | "ReplicaSet" => check_workload(obj, old, &mut causes),
+        "ReplicationController" => check_replication_controller(obj, &mut causes),
         "Service" => check_service(obj, old, &mut causes),
         "EndpointSlice" => check_endpoint_slice(obj, &mut causes),
         _ => {}
@@ -110,6 +111,7 @@ fn roundtrip(kind: &str, obj: &Value) -> Result<Value, serde_json::Error> {
         "Event" => rt::<core::v1::Event>(obj),
         "ConfigMap" => rt::<core::v1::ConfigMap>(obj),
         "EndpointSlice" => rt::<discovery::v1::EndpointSlice>(obj),
+        "ReplicationController" => rt::<core::v1::ReplicationController>(obj),
         "ReplicaSet" => rt::<apps::v1::ReplicaSet>(obj),
         "Deployment" => rt::<apps::v1::Deployment>(obj),
         "Lease" => rt::<coordination::v1::Lease>(obj),
@@ -272,8 +274,8 @@ fn check_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
     }
 }
 
-fn check_workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let spec = obj.get("spec");
+/// `spec.replicas`, if set, is not negative.
+fn check_replicas(spec: Option<&Value>, causes: &mut Vec<Cause>) {
     if let Some(replicas) = spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64) {
         if replicas < 0 {
             causes.push((
@@ -282,6 +284,11 @@ fn check_workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             ));
         }
     }
+}
+
+fn check_workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec");
+    check_replicas(spec, causes);
     let selector = spec.and_then(|s| s.get("selector"));
     let match_labels = selector
         .and_then(|s| s.get("matchLabels"))
@@ -319,6 +326,41 @@ fn check_workload(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
             ));
         }
     }
+}
+
+/// A ReplicationController: a plain-map selector (defaulted from the
+/// template's labels) that the template's labels satisfy.
+fn check_replication_controller(obj: &Value, causes: &mut Vec<Cause>) {
+    let spec = obj.get("spec");
+    check_replicas(spec, causes);
+    let selector = spec
+        .and_then(|s| s.get("selector"))
+        .and_then(Value::as_object)
+        .filter(|s| !s.is_empty());
+    let Some(selector) = selector else {
+        causes.push(("spec.selector".into(), "Required value".into()));
+        return;
+    };
+    let Some(template) = spec
+        .and_then(|s| s.get("template"))
+        .filter(|t| !t.is_null())
+    else {
+        causes.push(("spec.template".into(), "Required value".into()));
+        return;
+    };
+    let template_labels = template
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object);
+    if !selector
+        .iter()
+        .all(|(k, v)| template_labels.and_then(|t| t.get(k)) == Some(v))
+    {
+        causes.push((
+            "spec.template.metadata.labels".into(),
+            "Invalid value: `selector` does not match template `labels`".into(),
+        ));
+    }
+    check_pod_spec(template.get("spec"), "spec.template.spec", causes);
 }
 
 fn check_service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {

@@ -7,17 +7,20 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Server};
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::Api;
+use kube::{Api, ResourceExt};
 use serde_json::json;
 
 on_both_stores!(
     endpoint_slices_follow_the_pods_a_service_selects,
     the_scheduler_binds_pods_to_nodes_that_fit,
     a_silent_node_becomes_unreachable_and_recovers,
+    a_replica_set_keeps_its_replicas,
+    deletes_cascade_as_their_propagation_policy_says,
 );
 
 /// Waits until `check` holds for the slices of Service `web`, and returns
@@ -414,4 +417,284 @@ async fn a_silent_node_becomes_unreachable_and_recovers(backend: Backend) {
         ready == "True" && taints.is_empty()
     })
     .await;
+}
+
+/// A ReplicaSet `name` of `replicas` pods labelled `app: <name>`.
+fn replica_set(name: &str, replicas: i32) -> ReplicaSet {
+    serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}},
+    }))
+    .expect("a ReplicaSet")
+}
+
+/// The pods labelled `app: <app>` (being deleted or not) and the uids of
+/// their controllers.
+async fn pods_of(pods: &Api<Pod>, app: &str) -> Vec<(Pod, Option<String>)> {
+    pods.list(&ListParams::default().labels(&format!("app={app}")))
+        .await
+        .expect("list pods")
+        .items
+        .into_iter()
+        .map(|p| {
+            let owner = p
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true))
+                .map(|o| o.uid.clone());
+            (p, owner)
+        })
+        .collect()
+}
+
+/// Waits until `check` holds for the pods labelled `app: <app>`.
+async fn pods_until(
+    pods: &Api<Pod>,
+    app: &str,
+    what: &str,
+    check: impl Fn(&[(Pod, Option<String>)]) -> bool,
+) -> Vec<(Pod, Option<String>)> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = pods_of(pods, app).await;
+        if check(&found) {
+            return found;
+        }
+        let names: Vec<(String, Option<String>)> = found
+            .iter()
+            .map(|(p, o)| (p.name_any(), o.clone()))
+            .collect();
+        assert!(Instant::now() < deadline, "{what}: {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `check` holds for ReplicaSet `name` (`None`: gone).
+async fn replica_set_until(
+    api: &Api<ReplicaSet>,
+    name: &str,
+    what: &str,
+    check: impl Fn(Option<&ReplicaSet>) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let rs = api.get_opt(name).await.expect("get replicaset");
+        if check(rs.as_ref()) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: {rs:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status_counts(rs: Option<&ReplicaSet>) -> (i32, i32, i32) {
+    let status = rs.and_then(|r| r.status.clone()).unwrap_or_default();
+    (
+        status.replicas,
+        status.ready_replicas.unwrap_or(0),
+        status.available_replicas.unwrap_or(0),
+    )
+}
+
+async fn a_replica_set_keeps_its_replicas(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let client = server.client().await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let events: Api<Event> = Api::namespaced(client, "default");
+    // An orphan the ReplicaSet will select: adopted, not duplicated.
+    let orphan: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "orphan", "labels": {"app": "web"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]},
+    }))
+    .expect("a Pod");
+    pods.create(&PostParams::default(), &orphan)
+        .await
+        .expect("create orphan");
+    let rs = sets
+        .create(&PostParams::default(), &replica_set("web", 3))
+        .await
+        .expect("create replicaset");
+    let uid = rs.uid();
+    let found = pods_until(&pods, "web", "three pods owned by the ReplicaSet", |p| {
+        p.len() == 3 && p.iter().all(|(_, o)| *o == uid)
+    })
+    .await;
+    assert!(
+        found.iter().any(|(p, _)| p.name_any() == "orphan"),
+        "the orphan is adopted"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pods_of(&pods, "web").await.len(), 3, "no pod made twice");
+    replica_set_until(&sets, "web", "status counts three pods", |r| {
+        status_counts(r) == (3, 0, 0)
+            && r.and_then(|r| r.status.as_ref()?.observed_generation) == Some(1)
+    })
+    .await;
+
+    // Two become ready: the status follows; scaling to one deletes the
+    // pod that is not ready first, then the more recently ready one.
+    let names: Vec<String> = found.iter().map(|(p, _)| p.name_any()).collect();
+    let now = jiff::Timestamp::now();
+    for (name, ready_since) in [(&names[0], 60), (&names[1], 5)] {
+        let since = now
+            .checked_sub(jiff::SignedDuration::from_secs(ready_since))
+            .expect("a time in range")
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let status = json!({"status": {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": since}]}});
+        pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status))
+            .await
+            .expect("pod status");
+    }
+    replica_set_until(&sets, "web", "two ready and available", |r| {
+        status_counts(r) == (3, 2, 2)
+    })
+    .await;
+    sets.patch_scale(
+        "web",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 1}})),
+    )
+    .await
+    .expect("scale down");
+    let left = pods_until(&pods, "web", "one pod left", |p| p.len() == 1).await;
+    assert_eq!(
+        left[0].0.name_any(),
+        names[0],
+        "the longest-ready pod stays"
+    );
+
+    // A pod relabelled out of the selector is released and replaced.
+    pods.patch(
+        &names[0],
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "debug"}}})),
+    )
+    .await
+    .expect("relabel");
+    pod_until(&pods, &names[0], "released", |p| {
+        p.owner_references().is_empty()
+    })
+    .await;
+    pods_until(&pods, "web", "a replacement", |p| {
+        p.len() == 1 && p[0].1 == uid
+    })
+    .await;
+
+    let reasons: Vec<String> = events
+        .list(&ListParams::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .filter(|e| e.involved_object.kind.as_deref() == Some("ReplicaSet"))
+        .filter_map(|e| e.reason)
+        .collect();
+    assert!(
+        reasons.iter().any(|r| r == "SuccessfulCreate"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|r| r == "SuccessfulDelete"),
+        "{reasons:?}"
+    );
+
+    // Deleting the ReplicaSet (background) deletes its pods, not the one
+    // it released.
+    sets.delete("web", &DeleteParams::background())
+        .await
+        .expect("delete replicaset");
+    pods_until(&pods, "web", "the pods go with their ReplicaSet", |p| {
+        p.is_empty()
+    })
+    .await;
+    pods.get(&names[0]).await.expect("the released pod stays");
+}
+
+async fn deletes_cascade_as_their_propagation_policy_says(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let client = server.client().await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let maps: Api<ConfigMap> = Api::namespaced(client, "default");
+    for name in ["orphaned", "foreground"] {
+        sets.create(&PostParams::default(), &replica_set(name, 2))
+            .await
+            .expect("create replicaset");
+        pods_until(&pods, name, "two pods", |p| {
+            p.len() == 2 && p.iter().all(|(_, o)| o.is_some())
+        })
+        .await;
+    }
+
+    // Orphan: the ReplicaSet goes, its pods stay without an owner.
+    sets.delete("orphaned", &DeleteParams::orphan())
+        .await
+        .expect("delete orphaning");
+    replica_set_until(&sets, "orphaned", "gone", |r| r.is_none()).await;
+    let kept = pods_of(&pods, "orphaned").await;
+    assert_eq!(kept.len(), 2, "orphaned pods stay");
+    assert!(
+        kept.iter().all(|(p, _)| p.owner_references().is_empty()),
+        "{kept:?}"
+    );
+
+    // Foreground: the ReplicaSet waits for its pods, held here by a
+    // finalizer on one of them.
+    let held = pods_of(&pods, "foreground").await[0].0.name_any();
+    pods.patch(
+        &held,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": ["example.com/hold"]}})),
+    )
+    .await
+    .expect("hold a pod");
+    let deleted = sets
+        .delete("foreground", &DeleteParams::foreground())
+        .await
+        .expect("delete in the foreground")
+        .left()
+        .expect("the ReplicaSet stays while its pods go");
+    assert!(deleted
+        .finalizers()
+        .contains(&"foregroundDeletion".to_string()));
+    pods_until(&pods, "foreground", "only the held pod, terminating", |p| {
+        p.len() == 1 && p[0].0.metadata.deletion_timestamp.is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        sets.get_opt("foreground").await.expect("get").is_some(),
+        "the ReplicaSet waits for its last pod"
+    );
+    pods.patch(
+        &held,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+    )
+    .await
+    .expect("release the pod");
+    replica_set_until(&sets, "foreground", "gone after its pods", |r| r.is_none()).await;
+
+    // An object whose owner does not exist is collected.
+    let dangling: ConfigMap = serde_json::from_value(json!({
+        "metadata": {"name": "dangling", "ownerReferences": [{"apiVersion": "apps/v1",
+            "kind": "ReplicaSet", "name": "never", "uid": "00000000-0000-0000-0000-000000000001"}]},
+    }))
+    .expect("a ConfigMap");
+    maps.create(&PostParams::default(), &dangling)
+        .await
+        .expect("create configmap");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while maps.get_opt("dangling").await.expect("get").is_some() {
+        assert!(
+            Instant::now() < deadline,
+            "an object without owners is collected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

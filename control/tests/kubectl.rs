@@ -14,6 +14,7 @@ on_both_stores_blocking!(
     get_watch_receives_a_change_made_by_another_command,
     bad_manifests_are_refused_with_readable_errors,
     the_kubernetes_service_has_this_servers_endpoint,
+    replication_controllers_are_listed_and_scaled,
 );
 
 const APP: &str = "\
@@ -445,4 +446,68 @@ fn the_kubernetes_service_has_this_servers_endpoint(backend: Backend) {
         "jsonpath={.spec.ports[0].targetPort}",
     ]);
     assert_eq!(target.trim(), port);
+}
+
+/// Waits until `kubectl get pods -l <selector> -o name` lists `n` pods.
+fn pods_become(server: &Server, selector: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = server.kubectl_ok(&["get", "pods", "-l", selector, "-o", "name"]);
+        if listed.lines().count() == n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} pods for {selector}: {listed}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn replication_controllers_are_listed_and_scaled(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    // As the seed documents write one: no selector (it defaults to the
+    // template's labels).
+    let rc = write_manifest(
+        &server,
+        "rc.yaml",
+        "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: webapp}\n\
+         spec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: webapp}}\n\
+         \x20   spec:\n      containers:\n      - {name: web, image: busybox:1.36}\n",
+    );
+    let created = server.kubectl_ok(&["create", "-f", &rc]);
+    assert!(
+        created.contains("replicationcontroller/webapp created"),
+        "{created}"
+    );
+    pods_become(&server, "app=webapp", 2);
+    let listed = server.kubectl_ok(&["get", "rc"]);
+    assert_eq!(
+        header(&listed),
+        ["NAME", "DESIRED", "CURRENT", "READY", "AGE"]
+    );
+    let wide = server.kubectl_ok(&["get", "rc", "webapp", "-o", "wide"]);
+    assert!(
+        wide.contains("app=webapp"),
+        "the defaulted selector: {wide}"
+    );
+    let scaled = server.kubectl_ok(&["scale", "rc", "webapp", "--replicas=3"]);
+    assert!(
+        scaled.contains("replicationcontroller/webapp scaled"),
+        "{scaled}"
+    );
+    pods_become(&server, "app=webapp", 3);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let row = server.kubectl_ok(&["get", "rc", "webapp", "--no-headers"]);
+        let cells: Vec<&str> = row.split_whitespace().collect();
+        if cells.get(1..3) == Some(&["3", "3"][..]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "desired and current 3: {row}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let deleted = server.kubectl_ok(&["delete", "rc", "webapp"]);
+    assert!(deleted.contains("\"webapp\" deleted"), "{deleted}");
+    pods_become(&server, "app=webapp", 0);
 }

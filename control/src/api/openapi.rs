@@ -82,6 +82,9 @@ fn add_schema(generator: &mut SchemaGenerator, kind: &str) {
         "Event" => drop(generator.subschema_for::<core::v1::Event>()),
         "ConfigMap" => drop(generator.subschema_for::<core::v1::ConfigMap>()),
         "EndpointSlice" => drop(generator.subschema_for::<discovery::v1::EndpointSlice>()),
+        "ReplicationController" => {
+            drop(generator.subschema_for::<core::v1::ReplicationController>())
+        }
         "ReplicaSet" => drop(generator.subschema_for::<apps::v1::ReplicaSet>()),
         "Deployment" => drop(generator.subschema_for::<apps::v1::Deployment>()),
         "Lease" => drop(generator.subschema_for::<coordination::v1::Lease>()),
@@ -186,7 +189,11 @@ fn operations(r: &Resource, paths: &mut Map<String, Value>) {
             "get": op("get", &[], false),
             "put": op("put", &write_params, true),
             "patch": patch,
-            "delete": op("delete", &[query("dryRun"), query("gracePeriodSeconds")], false),
+            "delete": op(
+                "delete",
+                &[query("dryRun"), query("gracePeriodSeconds"), query("propagationPolicy")],
+                false
+            ),
         }),
     );
 }

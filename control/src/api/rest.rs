@@ -19,7 +19,7 @@ use crate::node_restriction;
 use crate::object;
 use crate::patch::PatchType;
 use crate::prepare;
-use crate::registry::{Caller, DeleteOptions, Target, WriteOptions, Written};
+use crate::registry::{Caller, DeleteOptions, Propagation, Target, WriteOptions, Written};
 use crate::resources::{self, Resource};
 use crate::selector::Selector;
 use crate::store::StoreError;
@@ -297,8 +297,9 @@ fn write_options(query: &HashMap<String, String>) -> Result<WriteOptions, ApiErr
     })
 }
 
-/// The query's `dryRun` and `gracePeriodSeconds`, and a DeleteOptions
-/// body's preconditions and grace period (the query's wins).
+/// The query's `dryRun`, `gracePeriodSeconds` and `propagationPolicy`,
+/// and a DeleteOptions body's preconditions, grace period and
+/// propagation policy (the query's wins).
 fn delete_options(query: &HashMap<String, String>, body: &[u8]) -> Result<DeleteOptions, ApiError> {
     let options: Value = if body.is_empty() {
         json!({})
@@ -322,11 +323,28 @@ fn delete_options(query: &HashMap<String, String>, body: &[u8]) -> Result<Delete
         })
         .transpose()
         .map_err(|_| ApiError::bad_request("gracePeriodSeconds must be an integer"))?;
+    let propagation = match query
+        .get("propagationPolicy")
+        .cloned()
+        .or_else(|| text("/propagationPolicy"))
+    {
+        Some(policy) => Propagation::parse(&policy)?,
+        // The older form: orphanDependents=true is Orphan.
+        None => match query
+            .get("orphanDependents")
+            .map(|o| o == "true")
+            .or_else(|| options.get("orphanDependents").and_then(Value::as_bool))
+        {
+            Some(true) => Propagation::Orphan,
+            _ => Propagation::Background,
+        },
+    };
     Ok(DeleteOptions {
         dry_run: dry_run(query)?,
         grace,
         uid: text("/preconditions/uid"),
         resource_version: text("/preconditions/resourceVersion"),
+        propagation,
     })
 }
 
@@ -525,6 +543,35 @@ mod tests {
                 .unwrap_err()
                 .code,
             404
+        );
+    }
+
+    #[test]
+    fn delete_options_carry_the_propagation_policy() {
+        let query = |pairs: &[(&str, &str)]| -> HashMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let o = delete_options(&query(&[]), b"").unwrap();
+        assert_eq!(o.propagation, Propagation::Background);
+        let o = delete_options(&query(&[("propagationPolicy", "Foreground")]), b"").unwrap();
+        assert_eq!(o.propagation, Propagation::Foreground);
+        let o = delete_options(
+            &query(&[]),
+            br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Orphan"}"#,
+        )
+        .unwrap();
+        assert_eq!(o.propagation, Propagation::Orphan);
+        let o = delete_options(&query(&[("orphanDependents", "true")]), b"").unwrap();
+        assert_eq!(o.propagation, Propagation::Orphan);
+        let e = delete_options(&query(&[("propagationPolicy", "Sideways")]), b"").unwrap_err();
+        assert_eq!(e.code, 422);
+        assert!(
+            e.message.contains("Unsupported value: \"Sideways\""),
+            "{}",
+            e.message
         );
     }
 

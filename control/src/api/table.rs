@@ -50,7 +50,7 @@ fn columns(kind: &str) -> &'static [Column] {
             ("Images", "string", 1),
             ("Selector", "string", 1),
         ],
-        "ReplicaSet" => &[
+        "ReplicaSet" | "ReplicationController" => &[
             ("Name", "string", 0),
             ("Desired", "integer", 0),
             ("Current", "integer", 0),
@@ -301,8 +301,13 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 json!(selector_text(obj.pointer("/spec/selector/matchLabels"))),
             ]
         }
-        "ReplicaSet" => {
+        "ReplicaSet" | "ReplicationController" => {
             let (containers, images) = containers_and_images(obj, "/spec/template/spec/containers");
+            // A ReplicationController's selector is a plain map.
+            let selector = obj.pointer("/spec/selector/matchLabels").or_else(|| {
+                obj.pointer("/spec/selector")
+                    .filter(|_| kind == "ReplicationController")
+            });
             vec![
                 json!(name),
                 json!(n(obj, "/spec/replicas")),
@@ -311,7 +316,7 @@ fn cells(kind: &str, obj: &Value) -> Vec<Value> {
                 json!(age),
                 json!(containers),
                 json!(images),
-                json!(selector_text(obj.pointer("/spec/selector/matchLabels"))),
+                json!(selector_text(selector)),
             ]
         }
         "EndpointSlice" => {

@@ -4,7 +4,7 @@
 //! ports the Service's target ports name in each pod — labelled
 //! `kubernetes.io/service-name` and owned by the Service. Service proxies
 //! (berth-agent's datapath) route from them. Slices of a deleted Service
-//! are removed by the second loop here, keyed by slice.
+//! go with it: the garbage collector follows their owner reference.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,10 +35,10 @@ struct Context {
     client: kube::Client,
 }
 
-/// Runs both loops until `shutdown`.
+/// Runs the controller until `shutdown`.
 pub(super) async fn run(
     client: kube::Client,
-    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let services = Controller::new(
         Api::<Service>::all(client.clone()),
@@ -66,44 +66,15 @@ pub(super) async fn run(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY}={CONTROLLER}")),
         )
-        .graceful_shutdown_on(shutdown.clone());
-    let slices = Controller::new(
-        Api::<EndpointSlice>::all(client.clone()),
-        watcher::Config::default().labels(&format!("{MANAGED_BY}={CONTROLLER}")),
-    );
-    let slice_store = slices.store();
-    let slices = slices
-        .watches(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-            move |svc| {
-                let uid = svc.uid();
-                slice_store
-                    .state()
-                    .into_iter()
-                    .filter(|s| owner_uid(s) == uid)
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
         .graceful_shutdown_on(shutdown);
-    let context = Arc::new(Context { client });
-    tokio::join!(
-        super::run(
-            "endpointslice",
-            services,
-            Arc::clone(&context),
-            Arc::new(Backoff::default()),
-            reconcile,
-        ),
-        super::run(
-            "endpointslice-gc",
-            slices,
-            context,
-            Arc::new(Backoff::default()),
-            collect,
-        ),
-    );
+    super::run(
+        "endpointslice",
+        services,
+        Arc::new(Context { client }),
+        Arc::new(Backoff::default()),
+        reconcile,
+    )
+    .await;
 }
 
 /// The Service's selector, if it has a non-empty one (Services without
@@ -114,16 +85,6 @@ fn selector(service: &Service) -> Option<&BTreeMap<String, String>> {
         return None;
     }
     spec.selector.as_ref().filter(|s| !s.is_empty())
-}
-
-fn owner_uid(slice: &EndpointSlice) -> Option<String> {
-    slice
-        .metadata
-        .owner_references
-        .as_ref()?
-        .iter()
-        .find(|o| o.kind == "Service" && o.controller == Some(true))
-        .map(|o| o.uid.clone())
 }
 
 /// Writes the slices of one Service.
@@ -303,34 +264,4 @@ fn slice_ports(ports: &[ServicePort], pod: &Pod) -> Value {
         })
         .collect();
     Value::Array(resolved)
-}
-
-/// Deletes a managed slice whose Service is gone.
-async fn collect(slice: Arc<EndpointSlice>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
-    let (Some(namespace), Some(uid)) = (slice.namespace(), owner_uid(&slice)) else {
-        return Ok(Action::await_change());
-    };
-    let owner = slice
-        .metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.uid == uid)
-        .map(|o| o.name.clone())
-        .unwrap_or_default();
-    let service = Api::<Service>::namespaced(ctx.client.clone(), &namespace)
-        .get_opt(&owner)
-        .await?;
-    if service.is_some_and(|s| s.uid().as_deref() == Some(uid.as_str())) {
-        return Ok(Action::await_change());
-    }
-    match Api::<EndpointSlice>::namespaced(ctx.client.clone(), &namespace)
-        .delete(&slice.name_any(), &DeleteParams::default())
-        .await
-    {
-        Ok(_) => {}
-        Err(kube::Error::Api(e)) if e.code == 404 => {}
-        Err(e) => return Err(e),
-    }
-    Ok(Action::await_change())
 }

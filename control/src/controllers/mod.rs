@@ -13,9 +13,11 @@
 //! out of process unchanged.
 
 mod endpointslice;
+mod garbage_collector;
 mod kubernetes_endpoint;
 pub mod leader;
 mod node_lifecycle;
+mod replicaset;
 mod scheduler;
 
 use std::collections::HashMap;
@@ -26,7 +28,6 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::runtime::Controller;
 use kube::Resource;
 
@@ -73,6 +74,8 @@ pub fn start(
             ));
             tasks.spawn(endpointslice::run(client.clone(), stop.clone()));
             tasks.spawn(scheduler::run(client.clone(), stop.clone()));
+            tasks.spawn(replicaset::run(client.clone(), stop.clone()));
+            tasks.spawn(garbage_collector::run(client.clone(), stop.clone()));
             tasks.spawn(node_lifecycle::run(
                 client.clone(),
                 config.node_monitor_grace,
@@ -81,6 +84,52 @@ pub fn start(
         },
         shutdown,
     ))
+}
+
+/// Records an event about `object` from `component` (best effort: a lost
+/// event is logged), as `kubectl describe` and `kubectl get events` show.
+async fn record_event<K>(
+    client: &kube::Client,
+    object: &K,
+    component: &str,
+    type_: &str,
+    reason: &str,
+    message: &str,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    let namespace = object
+        .meta()
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let name = object.meta().name.clone().unwrap_or_default();
+    let now = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    let event = serde_json::json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": namespace},
+        "involvedObject": {
+            "apiVersion": K::api_version(&()), "kind": K::kind(&()), "name": name,
+            "namespace": object.meta().namespace, "uid": object.meta().uid,
+        },
+        "reason": reason, "message": message, "type": type_,
+        "source": {"component": component},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    let api =
+        kube::Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &namespace);
+    let posted = match serde_json::from_value(event) {
+        Ok(event) => api
+            .create(&kube::api::PostParams::default(), &event)
+            .await
+            .map(drop),
+        Err(e) => Err(kube::Error::SerdeError(e)),
+    };
+    if let Err(e) = posted {
+        tracing::warn!(error = %e, reason, "cannot record event");
+    }
 }
 
 /// Per-key delays of failed reconciles.
@@ -125,18 +174,20 @@ async fn run<K, C, E, F>(
     backoff: Arc<Backoff>,
     reconcile: impl Fn(Arc<K>, Arc<C>) -> F + Send + 'static,
 ) where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
+    K: Resource + Clone + Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Debug + Clone + Eq + std::hash::Hash + Unpin,
     C: Send + Sync + 'static,
     E: std::error::Error + Send + 'static,
     F: Future<Output = Result<Action, E>> + Send + 'static,
 {
-    let key = |obj: &K| ObjectRef::from_obj(obj).to_string();
+    let key = |obj: &K| {
+        let meta = obj.meta();
+        format!(
+            "{}/{}",
+            meta.namespace.as_deref().unwrap_or(""),
+            meta.name.as_deref().unwrap_or("")
+        )
+    };
     let done = Arc::clone(&backoff);
     let results = controller.run(
         move |obj, ctx| {

@@ -102,9 +102,10 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
                     &binding,
                 )
                 .await?;
-            event(
+            super::record_event(
                 &ctx.client,
-                &pod,
+                &*pod,
+                SCHEDULER,
                 "Normal",
                 "Scheduled",
                 &format!("Successfully assigned {namespace}/{name} to {node}"),
@@ -132,35 +133,18 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
                 Api::<Pod>::namespaced(ctx.client.clone(), &namespace)
                     .patch_status(&name, &PatchParams::default(), &Patch::Strategic(status))
                     .await?;
-                event(&ctx.client, &pod, "Warning", "FailedScheduling", &message).await;
+                super::record_event(
+                    &ctx.client,
+                    &*pod,
+                    SCHEDULER,
+                    "Warning",
+                    "FailedScheduling",
+                    &message,
+                )
+                .await;
             }
             Ok(Action::requeue(RETRY_UNSCHEDULABLE))
         }
-    }
-}
-
-/// Records an event about `pod` (best effort: a lost event is logged).
-async fn event(client: &kube::Client, pod: &Pod, kind: &str, reason: &str, message: &str) {
-    let namespace = pod.namespace().unwrap_or_default();
-    let now = jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string();
-    let event = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{}.", pod.name_any()), "namespace": namespace},
-        "involvedObject": {"apiVersion": "v1", "kind": "Pod", "name": pod.name_any(),
-            "namespace": namespace, "uid": pod.uid()},
-        "reason": reason, "message": message, "type": kind,
-        "source": {"component": SCHEDULER},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-    });
-    let api = Api::<k8s_openapi::api::core::v1::Event>::namespaced(client.clone(), &namespace);
-    let posted = match serde_json::from_value(event) {
-        Ok(event) => api.create(&PostParams::default(), &event).await.map(drop),
-        Err(e) => Err(kube::Error::SerdeError(e)),
-    };
-    if let Err(e) = posted {
-        tracing::warn!(error = %e, reason, "cannot record event");
     }
 }
 

@@ -126,6 +126,58 @@ pub struct DeleteOptions {
     pub uid: Option<String>,
     /// `preconditions.resourceVersion`.
     pub resource_version: Option<String>,
+    /// `propagationPolicy` (or the older `orphanDependents`): what
+    /// happens to the objects the deleted one owns.
+    pub propagation: Propagation,
+}
+
+/// What deleting an object does to its dependents (the objects whose
+/// ownerReferences name it); the garbage collector carries it out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Propagation {
+    /// The object goes at once; its dependents are deleted afterwards.
+    #[default]
+    Background,
+    /// The object stays (`foregroundDeletion` finalizer) until the
+    /// dependents that block its deletion are gone.
+    Foreground,
+    /// The object stays (`orphan` finalizer) until its dependents no
+    /// longer name it; they are kept.
+    Orphan,
+}
+
+/// The finalizer of an object deleted in the foreground.
+pub const FOREGROUND_FINALIZER: &str = "foregroundDeletion";
+/// The finalizer of an object whose dependents are orphaned.
+pub const ORPHAN_FINALIZER: &str = "orphan";
+
+impl Propagation {
+    /// Parses a `propagationPolicy`.
+    pub fn parse(policy: &str) -> Result<Self, ApiError> {
+        match policy {
+            "Background" => Ok(Self::Background),
+            "Foreground" => Ok(Self::Foreground),
+            "Orphan" => Ok(Self::Orphan),
+            other => Err(ApiError::invalid(
+                "DeleteOptions",
+                "",
+                &[(
+                    "propagationPolicy".into(),
+                    format!("Unsupported value: \"{other}\": supported values: \"Foreground\", \"Background\", \"Orphan\""),
+                )],
+            )),
+        }
+    }
+
+    /// The finalizer that holds the object until the garbage collector
+    /// has dealt with its dependents.
+    fn finalizer(self) -> Option<&'static str> {
+        match self {
+            Self::Background => None,
+            Self::Foreground => Some(FOREGROUND_FINALIZER),
+            Self::Orphan => Some(ORPHAN_FINALIZER),
+        }
+    }
 }
 
 /// A written object and the warnings for the client.
@@ -582,34 +634,51 @@ impl Registry {
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
         let graceful = strategy.awaits_node(&old) && options.grace != Some(0);
-        if has_finalizers || graceful {
-            return self.mark_deleted(target, &record, old, options.grace).await;
+        let cascade = options.propagation.finalizer();
+        if has_finalizers || graceful || cascade.is_some() {
+            return self
+                .mark_deleted(target, &record, old, options.grace, cascade)
+                .await;
         }
         self.remove(target, &record, &old).await
     }
 
     /// Sets deletionTimestamp (and a grace period, for kinds with one)
-    /// instead of removing: finalizers or the pod's node finish the delete.
+    /// instead of removing, adding `cascade` to the finalizers: finalizers
+    /// or the pod's node finish the delete.
     async fn mark_deleted(
         &self,
         target: &Target,
         record: &Record,
         old: Value,
         grace: Option<i64>,
+        cascade: Option<&str>,
     ) -> Result<Value, ApiError> {
-        if old.pointer("/metadata/deletionTimestamp").is_some() {
+        let mut new = old.clone();
+        if let Some(finalizer) = cascade {
+            let finalizers = &mut new["metadata"]["finalizers"];
+            if !finalizers.is_array() {
+                *finalizers = json!([]);
+            }
+            if let Some(list) = finalizers.as_array_mut() {
+                // One cascade at a time: a later delete's policy wins.
+                list.retain(|f| f != FOREGROUND_FINALIZER && f != ORPHAN_FINALIZER);
+                list.push(json!(finalizer));
+            }
+        }
+        if old.pointer("/metadata/deletionTimestamp").is_none() {
+            let mut deadline = jiff::Timestamp::now();
+            if let Some(grace) = target.strategy().grace_period(&new, grace) {
+                new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
+                deadline = deadline
+                    .checked_add(jiff::SignedDuration::from_secs(grace))
+                    .unwrap_or(deadline);
+            }
+            new["metadata"]["deletionTimestamp"] =
+                json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
+        } else if new == old {
             return Ok(old);
         }
-        let mut new = old;
-        let mut deadline = jiff::Timestamp::now();
-        if let Some(grace) = target.strategy().grace_period(&new, grace) {
-            new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            deadline = deadline
-                .checked_add(jiff::SignedDuration::from_secs(grace))
-                .unwrap_or(deadline);
-        }
-        new["metadata"]["deletionTimestamp"] =
-            json!(deadline.strftime("%Y-%m-%dT%H:%M:%SZ").to_string());
         let updated = self
             .store
             .update(
@@ -661,6 +730,7 @@ impl Registry {
             let each = DeleteOptions {
                 dry_run: options.dry_run,
                 grace: options.grace,
+                propagation: options.propagation,
                 ..DeleteOptions::default()
             };
             match self.delete(&one, &each).await {

@@ -87,7 +87,7 @@ pub fn for_kind(kind: &str) -> &'static dyn Strategy {
         "Service" => &service::ServiceStrategy,
         "Node" => &node::NodeStrategy,
         "Namespace" => &namespace::NamespaceStrategy,
-        "Deployment" | "ReplicaSet" => &scalable::ScalableStrategy,
+        "Deployment" | "ReplicaSet" | "ReplicationController" => &scalable::ScalableStrategy,
         _ => &Plain,
     }
 }
