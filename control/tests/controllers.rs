@@ -7,7 +7,11 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Backend, Server};
-use k8s_openapi::api::apps::v1::ReplicaSet;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -21,6 +25,7 @@ on_both_stores!(
     a_silent_node_becomes_unreachable_and_recovers,
     a_replica_set_keeps_its_replicas,
     deletes_cascade_as_their_propagation_policy_says,
+    a_deployment_rolls_out_back_and_pauses_with_kubectl,
 );
 
 /// Waits until `check` holds for the slices of Service `web`, and returns
@@ -697,4 +702,304 @@ async fn deletes_cascade_as_their_propagation_policy_says(backend: Backend) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Plays the kubelets' part for the pods `selector` matches: each is
+/// Running and Ready soon after it appears.
+async fn fake_kubelet(pods: Api<Pod>, selector: &'static str) {
+    loop {
+        let listed = pods
+            .list(&ListParams::default().labels(selector))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for pod in listed {
+            let ready = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            if ready || pod.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let status = json!({"status": {"phase": "Running", "conditions": [
+                {"type": "Ready", "status": "True", "lastTransitionTime": micro_now()}]}});
+            // A pod deleted meanwhile is no error here.
+            let _ = pods
+                .patch_status(
+                    &pod.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(status),
+                )
+                .await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (pods not being deleted, of which Ready, their distinct
+/// pod-template-hash labels) after every pod event.
+type Samples = Arc<Mutex<Vec<(usize, usize, usize)>>>;
+
+/// Follows the pods `selector` matches through a watch, recording a
+/// sample after every event.
+async fn observe(pods: Api<Pod>, selector: &'static str, samples: Samples) {
+    use kube::runtime::watcher::{self, Event as WatchEvent};
+    let mut seen: BTreeMap<String, Pod> = BTreeMap::new();
+    let mut events = std::pin::pin!(watcher::watcher(
+        pods,
+        watcher::Config::default().labels(selector)
+    ));
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(WatchEvent::Apply(p) | WatchEvent::InitApply(p)) => {
+                seen.insert(p.name_any(), p);
+            }
+            Ok(WatchEvent::Delete(p)) => {
+                seen.remove(&p.name_any());
+            }
+            Ok(WatchEvent::Init) => seen.clear(),
+            Ok(WatchEvent::InitDone) | Err(_) => continue,
+        }
+        let active: Vec<&Pod> = seen
+            .values()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .collect();
+        let ready = active
+            .iter()
+            .filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            })
+            .count();
+        let versions: std::collections::BTreeSet<Option<&String>> = active
+            .iter()
+            .map(|p| p.labels().get("pod-template-hash"))
+            .collect();
+        samples
+            .lock()
+            .expect("samples")
+            .push((active.len(), ready, versions.len()));
+    }
+}
+
+/// kubectl without blocking the test's runtime (the fake kubelet and the
+/// watch go on meanwhile).
+async fn kubectl(server: &Server, args: &[&str]) -> String {
+    let mut command = server.kubectl_command(args);
+    let out = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .expect("join")
+        .expect("run kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The Deployment's ReplicaSets: (revision, image, replicas), by revision.
+async fn revisions(sets: &Api<ReplicaSet>) -> Vec<(String, String, i32)> {
+    let mut found: Vec<(String, String, i32)> = sets
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .expect("list replicasets")
+        .items
+        .into_iter()
+        .map(|rs| {
+            let revision = rs
+                .annotations()
+                .get("deployment.kubernetes.io/revision")
+                .cloned()
+                .unwrap_or_default();
+            let spec = rs.spec.unwrap_or_default();
+            let image = spec
+                .template
+                .and_then(|t| t.spec)
+                .and_then(|s| s.containers[0].image.clone())
+                .unwrap_or_default();
+            (revision, image, spec.replicas.unwrap_or(1))
+        })
+        .collect();
+    found.sort();
+    found
+}
+
+async fn a_deployment_rolls_out_back_and_pauses_with_kubectl(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let client = server.client().await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    let kubelet = tokio::spawn(fake_kubelet(pods.clone(), "app=web"));
+    let samples = Samples::default();
+    let observer = tokio::spawn(observe(pods.clone(), "app=web", Arc::clone(&samples)));
+    let manifest = server.data_dir().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n\
+         \x20 replicas: 3\n  selector: {matchLabels: {app: web}}\n\
+         \x20 strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 0}}\n\
+         \x20 template:\n    metadata: {labels: {app: web}}\n\
+         \x20   spec: {containers: [{name: web, image: 'busybox:1.36'}]}\n",
+    )
+    .expect("write manifest");
+    let manifest = manifest.display().to_string();
+    kubectl(&server, &["apply", "-f", &manifest]).await;
+    let status = ["rollout", "status", "deployment/web", "--timeout=60s"];
+    let done = kubectl(&server, &status).await;
+    assert!(done.contains("successfully rolled out"), "{done}");
+    assert_eq!(
+        revisions(&sets).await,
+        [("1".into(), "busybox:1.36".into(), 3)]
+    );
+
+    // A rolling update: never more than 3 + 1 pods, never fewer than 3
+    // ready (asserted after every pod event).
+    samples.lock().expect("samples").clear();
+    let updated = kubectl(
+        &server,
+        &["set", "image", "deployment/web", "web=busybox:1.37"],
+    )
+    .await;
+    assert!(updated.contains("image updated"), "{updated}");
+    let done = kubectl(&server, &status).await;
+    assert!(done.contains("successfully rolled out"), "{done}");
+    {
+        let seen = samples.lock().expect("samples");
+        assert!(!seen.is_empty());
+        assert!(
+            seen.iter().all(|(pods, ..)| *pods <= 4),
+            "maxSurge 1: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|(_, ready, _)| *ready >= 3),
+            "maxUnavailable 0: {seen:?}"
+        );
+    }
+    assert_eq!(
+        revisions(&sets).await,
+        [
+            ("1".into(), "busybox:1.36".into(), 0),
+            ("2".into(), "busybox:1.37".into(), 3)
+        ]
+    );
+    let history = kubectl(&server, &["rollout", "history", "deployment/web"]).await;
+    assert!(history.contains("REVISION"), "{history}");
+
+    // Undo: the first ReplicaSet comes back as revision 3; none is made.
+    let undone = kubectl(&server, &["rollout", "undo", "deployment/web"]).await;
+    assert!(undone.contains("rolled back"), "{undone}");
+    let done = kubectl(&server, &status).await;
+    assert!(done.contains("successfully rolled out"), "{done}");
+    assert_eq!(
+        revisions(&sets).await,
+        [
+            ("2".into(), "busybox:1.37".into(), 0),
+            ("3".into(), "busybox:1.36".into(), 3)
+        ]
+    );
+
+    // Paused, a template change waits; resumed, it rolls.
+    kubectl(&server, &["rollout", "pause", "deployment/web"]).await;
+    kubectl(
+        &server,
+        &["set", "image", "deployment/web", "web=busybox:1.38"],
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = deployments.get("web").await.expect("get deployment");
+        let paused = d
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .any(|c| c.type_ == "Progressing" && c.reason.as_deref() == Some("DeploymentPaused"));
+        if paused {
+            break;
+        }
+        assert!(Instant::now() < deadline, "Progressing: DeploymentPaused");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        revisions(&sets).await.len(),
+        2,
+        "nothing rolls while paused"
+    );
+    kubectl(&server, &["rollout", "resume", "deployment/web"]).await;
+    let done = kubectl(&server, &status).await;
+    assert!(done.contains("successfully rolled out"), "{done}");
+    let after = revisions(&sets).await;
+    assert_eq!(
+        after.last(),
+        Some(&("4".into(), "busybox:1.38".into(), 3)),
+        "{after:?}"
+    );
+
+    // Restarted: a new revision of the same image.
+    let restarted = kubectl(&server, &["rollout", "restart", "deployment/web"]).await;
+    assert!(restarted.contains("restarted"), "{restarted}");
+    let done = kubectl(&server, &status).await;
+    assert!(done.contains("successfully rolled out"), "{done}");
+    let after = revisions(&sets).await;
+    assert_eq!(
+        after.last(),
+        Some(&("5".into(), "busybox:1.38".into(), 3)),
+        "{after:?}"
+    );
+
+    // Recreate: the old pods are all gone before a new one starts.
+    kubectl(
+        &server,
+        &[
+            "patch",
+            "deployment",
+            "web",
+            "--type=merge",
+            "-p",
+            r#"{"spec": {"strategy": {"type": "Recreate", "rollingUpdate": null}}}"#,
+        ],
+    )
+    .await;
+    samples.lock().expect("samples").clear();
+    kubectl(
+        &server,
+        &["set", "image", "deployment/web", "web=busybox:1.39"],
+    )
+    .await;
+    let done = kubectl(&server, &status).await;
+    assert!(done.contains("successfully rolled out"), "{done}");
+    {
+        let seen = samples.lock().expect("samples");
+        assert!(
+            seen.iter().any(|(pods, ..)| *pods == 0),
+            "all old pods went: {seen:?}"
+        );
+        assert!(
+            seen.iter().all(|(.., versions)| *versions <= 1),
+            "never two versions: {seen:?}"
+        );
+    }
+
+    // Scaled, then deleted in the foreground with everything it made.
+    kubectl(&server, &["scale", "deployment", "web", "--replicas=5"]).await;
+    let done = kubectl(&server, &status).await;
+    assert!(done.contains("successfully rolled out"), "{done}");
+    assert_eq!(pods_of(&pods, "web").await.len(), 5);
+    kubectl(
+        &server,
+        &["delete", "deployment", "web", "--cascade=foreground"],
+    )
+    .await;
+    pods_until(&pods, "web", "the pods go with their Deployment", |p| {
+        p.is_empty()
+    })
+    .await;
+    assert!(revisions(&sets).await.is_empty(), "the ReplicaSets go too");
+    kubelet.abort();
+    observer.abort();
 }

@@ -12,6 +12,8 @@
 //! same validation, admission and watches as kubectl's, and each could run
 //! out of process unchanged.
 
+mod claim;
+mod deployment;
 mod endpointslice;
 mod garbage_collector;
 mod kubernetes_endpoint;
@@ -75,6 +77,7 @@ pub fn start(
             tasks.spawn(endpointslice::run(client.clone(), stop.clone()));
             tasks.spawn(scheduler::run(client.clone(), stop.clone()));
             tasks.spawn(replicaset::run(client.clone(), stop.clone()));
+            tasks.spawn(deployment::run(client.clone(), stop.clone()));
             tasks.spawn(garbage_collector::run(client.clone(), stop.clone()));
             tasks.spawn(node_lifecycle::run(
                 client.clone(),

@@ -9,23 +9,19 @@
 //! retry, and the retries back off.
 
 use std::cmp::Reverse;
-use std::fmt::Debug;
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::core::{Selector, SelectorExt};
+use kube::core::Selector;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, Controller};
-use kube::{Api, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use kube::{Api, ResourceExt};
 use serde_json::{json, Map, Value};
 
+use super::claim::{self, Namespaced};
 use super::Backoff;
 
 /// Most pods created or deleted in one pass (kube-controller-manager's
@@ -33,16 +29,7 @@ use super::Backoff;
 const BURST: usize = 500;
 
 /// What the controller reads of a ReplicaSet or a ReplicationController.
-pub(super) trait Replicated:
-    Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
-    + Clone
-    + Debug
-    + DeserializeOwned
-    + Serialize
-    + Send
-    + Sync
-    + 'static
-{
+pub(super) trait Replicated: Namespaced {
     /// The controller's name, as events give it.
     const COMPONENT: &'static str;
     /// `spec.replicas`.
@@ -149,7 +136,7 @@ async fn run_one<R: Replicated>(
         .watches(
             Api::<Pod>::all(client.clone()),
             watcher::Config::default(),
-            move |pod| owners_to_wake(&store, &pod),
+            move |pod| claim::owners_to_wake(&store, &pod, R::selector),
         )
         .graceful_shutdown_on(shutdown);
     super::run(
@@ -162,35 +149,6 @@ async fn run_one<R: Replicated>(
     .await;
 }
 
-/// The owners a pod event concerns: its controller, if of this kind, or
-/// — for a pod without one — every owner whose selector matches it (one
-/// may adopt it).
-fn owners_to_wake<R: Replicated>(store: &Store<R>, pod: &Pod) -> Vec<ObjectRef<R>> {
-    let namespace = pod.namespace().unwrap_or_default();
-    match controller_of(pod) {
-        Some(owner) if owner.kind == R::kind(&()) => {
-            vec![ObjectRef::new(&owner.name).within(&namespace)]
-        }
-        Some(_) => Vec::new(),
-        None => store
-            .state()
-            .iter()
-            .filter(|o| o.namespace().as_deref() == Some(namespace.as_str()))
-            .filter(|o| o.selector().is_some_and(|s| s.matches(pod.labels())))
-            .map(|o| ObjectRef::from_obj(&**o))
-            .collect(),
-    }
-}
-
-/// The owner reference with `controller: true`, if any.
-fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-}
-
 /// Brings one owner's pods to its replicas and writes its status.
 async fn reconcile<R: Replicated>(owner: Arc<R>, ctx: Arc<Context>) -> Result<Action, Error> {
     let Some(selector) = owner.selector() else {
@@ -198,7 +156,8 @@ async fn reconcile<R: Replicated>(owner: Arc<R>, ctx: Arc<Context>) -> Result<Ac
     };
     let namespace = owner.namespace().unwrap_or_default();
     let pods = Api::<Pod>::namespaced(ctx.client.clone(), &namespace);
-    let owned = claim(&*owner, &selector, &pods, &ctx).await?;
+    let listed = pods.list(&ListParams::default()).await?.items;
+    let owned = claim::claim(&ctx.client, &*owner, &selector, listed).await?;
     if owner.meta().deletion_timestamp.is_some() {
         // The garbage collector deals with the pods now.
         return Ok(Action::await_change());
@@ -227,101 +186,6 @@ async fn reconcile<R: Replicated>(owner: Arc<R>, ctx: Arc<Context>) -> Result<Ac
         return Err(Error::Replicas(message));
     }
     Ok(wait.map_or_else(Action::await_change, Action::requeue))
-}
-
-/// The pods this owner controls after adopting matching orphans and
-/// releasing children that no longer match (both as kube-controller-
-/// manager's ClaimPods does).
-async fn claim<R: Replicated>(
-    owner: &R,
-    selector: &Selector,
-    pods: &Api<Pod>,
-    ctx: &Context,
-) -> Result<Vec<Pod>, Error> {
-    let uid = owner.uid().unwrap_or_default();
-    let deleting = owner.meta().deletion_timestamp.is_some();
-    let mut owned = Vec::new();
-    // Whether the owner is still the object the cache holds (checked once,
-    // before the first adoption: a deleted owner must not adopt).
-    let mut current: Option<bool> = None;
-    for pod in pods.list(&ListParams::default()).await?.items {
-        let matches = selector.matches(pod.labels());
-        let pod_deleting = pod.metadata.deletion_timestamp.is_some();
-        match controller_of(&pod).map(|o| o.uid == uid) {
-            Some(true) if matches || pod_deleting || deleting => owned.push(pod),
-            Some(true) => {
-                let kept: Vec<OwnerReference> = pod
-                    .owner_references()
-                    .iter()
-                    .filter(|o| o.uid != uid)
-                    .cloned()
-                    .collect();
-                set_owners(pods, &pod, kept).await?;
-            }
-            Some(false) => {}
-            None if matches && !pod_deleting && !deleting => {
-                if current.is_none() {
-                    current = Some(still_current(owner, ctx).await?);
-                }
-                if current == Some(true) {
-                    let mut owners = pod.owner_references().to_vec();
-                    owners.push(owner_reference(owner));
-                    if let Some(adopted) = set_owners(pods, &pod, owners).await? {
-                        owned.push(adopted);
-                    }
-                }
-            }
-            None => {}
-        }
-    }
-    Ok(owned)
-}
-
-/// Whether the owner still exists, with the same uid and not deleted.
-async fn still_current<R: Replicated>(owner: &R, ctx: &Context) -> Result<bool, Error> {
-    let api = Api::<R>::namespaced(ctx.client.clone(), &owner.namespace().unwrap_or_default());
-    Ok(api
-        .get_opt(&owner.name_any())
-        .await?
-        .is_some_and(|o| o.uid() == owner.uid() && o.meta().deletion_timestamp.is_none()))
-}
-
-/// Replaces a pod's owner references, if it is still the version read
-/// (a newer one is looked at again on its own event). `None` if the pod
-/// is gone.
-async fn set_owners(
-    pods: &Api<Pod>,
-    pod: &Pod,
-    owners: Vec<OwnerReference>,
-) -> Result<Option<Pod>, Error> {
-    let patch = json!({"metadata": {
-        "ownerReferences": owners,
-        "resourceVersion": pod.resource_version(),
-    }});
-    match pods
-        .patch(
-            &pod.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(patch),
-        )
-        .await
-    {
-        Ok(p) => Ok(Some(p)),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// The reference a pod created or adopted by `owner` carries.
-fn owner_reference<R: Replicated>(owner: &R) -> OwnerReference {
-    OwnerReference {
-        api_version: R::api_version(&()).into_owned(),
-        kind: R::kind(&()).into_owned(),
-        name: owner.name_any(),
-        uid: owner.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    }
 }
 
 /// Not being deleted and not finished.
@@ -405,7 +269,7 @@ async fn create<R: Replicated>(
     pod.metadata.name = None;
     pod.metadata.generate_name = Some(format!("{}-", owner.name_any()));
     pod.metadata.namespace = owner.namespace();
-    pod.metadata.owner_references = Some(vec![owner_reference(owner)]);
+    pod.metadata.owner_references = Some(vec![claim::owner_reference(owner)]);
     let mut done = 0;
     let mut batch = 1;
     while done < n {
