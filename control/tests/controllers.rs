@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -130,6 +130,37 @@ async fn endpoint_slices_follow_the_pods_a_service_selects(backend: Backend) {
         (Some("http"), Some(8080)),
         "named target port resolved"
     );
+    // The legacy Endpoints say the same, for `kubectl get endpoints`.
+    let legacy: Api<Endpoints> = Api::namespaced(server.client().await, "default");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let subsets = legacy
+            .get_opt("web")
+            .await
+            .expect("get endpoints")
+            .and_then(|e| e.subsets)
+            .unwrap_or_default();
+        let addresses: Vec<(String, i32)> = subsets
+            .iter()
+            .flat_map(|s| {
+                let port = s.ports.iter().flatten().map(|p| p.port).next().unwrap_or(0);
+                s.addresses
+                    .iter()
+                    .flatten()
+                    .map(move |a| (a.ip.clone(), port))
+            })
+            .collect();
+        if addresses == [("10.244.1.5".to_string(), 8080)] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "Endpoints with the ready pod: {subsets:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let listed = server.kubectl_ok(&["get", "endpoints", "web"]);
+    assert!(listed.contains("10.244.1.5:8080"), "{listed}");
 
     pods.patch_status(
         "web-1",
@@ -164,6 +195,19 @@ async fn endpoint_slices_follow_the_pods_a_service_selects(backend: Backend) {
         s.is_empty()
     })
     .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while legacy
+        .get_opt("web")
+        .await
+        .expect("get endpoints")
+        .is_some()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the Endpoints go with the Service"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Waits until `check` holds for pod `name`; fails with the pod last seen.

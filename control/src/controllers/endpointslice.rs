@@ -4,12 +4,14 @@
 //! ports the Service's target ports name in each pod — labelled
 //! `kubernetes.io/service-name` and owned by the Service. Service proxies
 //! (berth-agent's datapath) route from them. Slices of a deleted Service
-//! go with it: the garbage collector follows their owner reference.
+//! go with it: the garbage collector follows their owner reference. The
+//! same pass writes the Service's legacy Endpoints object (see
+//! [`super::endpoints`]).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{Endpoints, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{DeleteParams, ListParams, PostParams};
@@ -65,6 +67,10 @@ pub(super) async fn run(
         .owns(
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default().labels(&format!("{MANAGED_BY}={CONTROLLER}")),
+        )
+        .owns(
+            Api::<Endpoints>::all(client.clone()),
+            watcher::Config::default(),
         )
         .graceful_shutdown_on(shutdown);
     super::run(
@@ -127,8 +133,10 @@ async fn reconcile(service: Arc<Service>, ctx: Arc<Context>) -> Result<Action, k
             .1
             .push(endpoint);
     }
+    let groups: Vec<(Value, Vec<Value>)> = groups.into_values().collect();
+    super::endpoints::write(&ctx.client, &service, &groups).await?;
     let mut desired: Vec<(Value, Vec<Value>)> = Vec::new();
-    for (ports, endpoints) in groups.into_values() {
+    for (ports, endpoints) in groups {
         for chunk in endpoints.chunks(MAX_ENDPOINTS) {
             desired.push((ports.clone(), chunk.to_vec()));
         }

@@ -40,6 +40,7 @@ const OWNERSHIPS: &[(&str, &[&str])] = &[
     ("Pod", &["ReplicaSet", "ReplicationController"]),
     ("ReplicaSet", &["Deployment"]),
     ("EndpointSlice", &["Service"]),
+    ("Endpoints", &["Service"]),
     ("Lease", &["Node"]),
 ];
 

@@ -14,6 +14,7 @@
 
 mod claim;
 mod deployment;
+mod endpoints;
 mod endpointslice;
 mod garbage_collector;
 mod kubernetes_endpoint;
