@@ -15,6 +15,7 @@ pub fn apply(kind: &str, obj: &mut Value) {
             }
             if let Some(spec) = obj.get_mut("spec") {
                 pod_spec_defaults(spec);
+                default_toleration_seconds(spec);
             }
         }
         "Deployment" | "ReplicaSet" => {
@@ -91,6 +92,45 @@ pub fn apply(kind: &str, obj: &mut Value) {
     }
 }
 
+/// How long a pod stays on a node that is not ready or unreachable
+/// before it is evicted, unless it says otherwise (kube-apiserver's
+/// `--default-not-ready-toleration-seconds` and
+/// `--default-unreachable-toleration-seconds`).
+pub const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+
+/// Kubernetes' DefaultTolerationSeconds admission: a pod that does not
+/// tolerate the `not-ready` and `unreachable` NoExecute taints tolerates
+/// each for [`DEFAULT_TOLERATION_SECONDS`].
+fn default_toleration_seconds(spec: &mut Value) {
+    if !spec.is_object() {
+        return;
+    }
+    if !spec.get("tolerations").is_some_and(Value::is_array) {
+        spec["tolerations"] = json!([]);
+    }
+    let Some(tolerations) = spec.get_mut("tolerations").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for key in [
+        "node.kubernetes.io/not-ready",
+        "node.kubernetes.io/unreachable",
+    ] {
+        let tolerated = tolerations.iter().any(|t| {
+            let t_key = t.get("key").and_then(Value::as_str).unwrap_or("");
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let exists = t.get("operator").and_then(Value::as_str) == Some("Exists");
+            (t_key == key || (t_key.is_empty() && exists))
+                && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !tolerated {
+            tolerations.push(
+                json!({"key": key, "operator": "Exists", "effect": "NoExecute",
+                "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}),
+            );
+        }
+    }
+}
+
 /// Sets `field` of an object if it is absent.
 fn default(obj: &mut Value, field: &str, value: Value) {
     if let Some(map) = obj.as_object_mut() {
@@ -131,5 +171,52 @@ fn pod_spec_defaults(spec: &mut Value) {
                 default(port, "protocol", json!("TCP"));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pods_tolerate_unreachable_nodes_for_five_minutes_unless_they_say() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "i"}]}});
+        apply("Pod", &mut pod);
+        let keys: Vec<(&str, i64)> = pod["spec"]["tolerations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["key"].as_str().unwrap(),
+                    t["tolerationSeconds"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                ("node.kubernetes.io/not-ready", 300),
+                ("node.kubernetes.io/unreachable", 300)
+            ]
+        );
+        let mut own = json!({"spec": {"tolerations": [{"key": "node.kubernetes.io/unreachable",
+            "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 2}]}});
+        apply("Pod", &mut own);
+        let tolerations = own["spec"]["tolerations"].as_array().unwrap();
+        assert_eq!(tolerations.len(), 2, "{tolerations:?}");
+        assert_eq!(tolerations[0]["tolerationSeconds"], 2);
+        let mut everything = json!({"spec": {"tolerations": [{"operator": "Exists"}]}});
+        apply("Pod", &mut everything);
+        assert_eq!(
+            everything["spec"]["tolerations"].as_array().unwrap().len(),
+            1
+        );
+        let mut rs = json!({"spec": {"template": {"spec": {}}}});
+        apply("ReplicaSet", &mut rs);
+        assert!(
+            rs.pointer("/spec/template/spec/tolerations").is_none(),
+            "pods only"
+        );
     }
 }

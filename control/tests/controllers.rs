@@ -26,6 +26,7 @@ on_both_stores!(
     a_replica_set_keeps_its_replicas,
     deletes_cascade_as_their_propagation_policy_says,
     a_deployment_rolls_out_back_and_pauses_with_kubectl,
+    pods_of_a_lost_node_are_evicted_and_replaced,
 );
 
 /// Waits until `check` holds for the slices of Service `web`, and returns
@@ -1046,4 +1047,157 @@ async fn a_deployment_rolls_out_back_and_pauses_with_kubectl(backend: Backend) {
     assert!(revisions(&sets).await.is_empty(), "the ReplicaSets go too");
     kubelet.abort();
     observer.abort();
+}
+
+/// Keeps node `name` alive as its agent would: Lease renewed and Ready
+/// posted every 500 ms, while `alive` holds.
+async fn keep_alive(
+    client: kube::Client,
+    name: &'static str,
+    alive: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, "kube-node-lease");
+    while alive.load(std::sync::atomic::Ordering::SeqCst) {
+        let now = jiff::Timestamp::now()
+            .strftime("%Y-%m-%dT%H:%M:%SZ")
+            .to_string();
+        let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "reason": "KubeletReady", "lastHeartbeatTime": now}]}});
+        let _ = nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(ready))
+            .await;
+        let renew = json!({"metadata": {"name": name}, "spec": {"holderIdentity": name,
+            "leaseDurationSeconds": 40, "renewTime": micro_now()}});
+        let _ = leases
+            .patch(
+                name,
+                &PatchParams::apply("test").force(),
+                &Patch::Merge(renew.clone()),
+            )
+            .await;
+        if leases.get_opt(name).await.ok().flatten().is_none() {
+            let lease: Lease = serde_json::from_value(renew).expect("a Lease");
+            let _ = leases.create(&PostParams::default(), &lease).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+async fn pods_of_a_lost_node_are_evicted_and_replaced(backend: Backend) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let server = Server::start_on(backend, &["--node-monitor-grace-period", "2s"]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    // n2 is cordoned at first, so the pods land on n1.
+    for (name, unschedulable) in [("n1", false), ("n2", true)] {
+        let node: Node = serde_json::from_value(
+            json!({"metadata": {"name": name}, "spec": {"unschedulable": unschedulable}}),
+        )
+        .expect("a Node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+    }
+    let n1_alive = Arc::new(AtomicBool::new(true));
+    let n2_alive = Arc::new(AtomicBool::new(true));
+    tokio::spawn(keep_alive(client.clone(), "n1", Arc::clone(&n1_alive)));
+    tokio::spawn(keep_alive(client, "n2", Arc::clone(&n2_alive)));
+    let mut rs = replica_set("lost", 2);
+    let spec = rs
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.as_mut())
+        .and_then(|t| t.spec.as_mut())
+        .expect("a pod spec");
+    // Shortened from the default 300 s.
+    spec.tolerations = Some(vec![serde_json::from_value(json!({
+        "key": "node.kubernetes.io/unreachable", "operator": "Exists",
+        "effect": "NoExecute", "tolerationSeconds": 2}))
+    .expect("a toleration")]);
+    sets.create(&PostParams::default(), &rs)
+        .await
+        .expect("create replicaset");
+    let on_n1 = pods_until(&pods, "lost", "two pods on n1", |p| {
+        p.len() == 2 && p.iter().all(|(p, _)| node_of(p).as_deref() == Some("n1"))
+    })
+    .await;
+    for (pod, _) in &on_n1 {
+        pods.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(pod_status("10.244.1.9", true)),
+        )
+        .await
+        .expect("ready");
+        let tolerations = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.tolerations.clone())
+            .unwrap_or_default();
+        assert!(
+            tolerations
+                .iter()
+                .any(|t| t.key.as_deref() == Some("node.kubernetes.io/not-ready")
+                    && t.toleration_seconds == Some(300)),
+            "DefaultTolerationSeconds: {tolerations:?}"
+        );
+    }
+    nodes
+        .patch(
+            "n2",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"unschedulable": false}})),
+        )
+        .await
+        .expect("uncordon n2");
+
+    // n1 goes silent: its pods turn not ready, are evicted after 2 s and
+    // are replaced on n2.
+    n1_alive.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    let names: Vec<String> = on_n1.iter().map(|(p, _)| p.name_any()).collect();
+    for name in &names {
+        pod_until(&pods, name, "not ready once n1 is unreachable", |p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "False"))
+        })
+        .await;
+    }
+    for name in &names {
+        let evicted = pod_until(&pods, name, "evicted", |p| {
+            p.metadata.deletion_timestamp.is_some()
+        })
+        .await;
+        let conditions = evicted
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default();
+        assert!(
+            conditions.iter().any(|c| c.type_ == "DisruptionTarget"
+                && c.reason.as_deref() == Some("DeletionByTaintManager")),
+            "{conditions:?}"
+        );
+    }
+    assert!(
+        // Grace and toleration, less the last heartbeat's age (≤ 0.5 s) and
+        // the taint's whole-second timestamp.
+        started.elapsed() >= Duration::from_secs(2),
+        "not before the grace (2 s) and the toleration (2 s): {:?}",
+        started.elapsed()
+    );
+    pods_until(&pods, "lost", "two replacements on n2", |p| {
+        p.iter()
+            .filter(|(p, _)| p.metadata.deletion_timestamp.is_none())
+            .filter(|(p, _)| node_of(p).as_deref() == Some("n2"))
+            .count()
+            == 2
+    })
+    .await;
+    n2_alive.store(false, Ordering::SeqCst);
 }

@@ -22,6 +22,7 @@ pub mod leader;
 mod node_lifecycle;
 mod replicaset;
 mod scheduler;
+mod taint_eviction;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
@@ -79,6 +80,7 @@ pub fn start(
             tasks.spawn(scheduler::run(client.clone(), stop.clone()));
             tasks.spawn(replicaset::run(client.clone(), stop.clone()));
             tasks.spawn(deployment::run(client.clone(), stop.clone()));
+            tasks.spawn(taint_eviction::run(client.clone(), stop.clone()));
             tasks.spawn(garbage_collector::run(client.clone(), stop.clone()));
             tasks.spawn(node_lifecycle::run(
                 client.clone(),

@@ -1,19 +1,19 @@
-//! The node lifecycle controller (kube-controller-manager's, its first
-//! half): a node whose agent has neither renewed its Lease in
-//! `kube-node-lease` nor posted status for the grace period
-//! (`--node-monitor-grace-period`) gets its conditions set to `Unknown`
-//! (reason `NodeStatusUnknown`, "Kubelet stopped posting node status.")
-//! and the `node.kubernetes.io/unreachable` taints (NoSchedule,
-//! NoExecute), so nothing new is scheduled there; the taints go once the
-//! agent reports the node Ready again. Evicting the node's pods is not
-//! done yet.
+//! The node lifecycle controller (kube-controller-manager's): a node whose
+//! agent has neither renewed its Lease in `kube-node-lease` nor posted
+//! status for the grace period (`--node-monitor-grace-period`) gets its
+//! conditions set to `Unknown` (reason `NodeStatusUnknown`, "Kubelet
+//! stopped posting node status.") and the `node.kubernetes.io/unreachable`
+//! taints (NoSchedule, NoExecute), so nothing new is scheduled there, and
+//! its pods' Ready condition turns False, so their endpoints stop serving;
+//! the taint eviction controller evicts them after their toleration. The
+//! taints go once the agent reports the node Ready again.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, Taint};
-use kube::api::{Patch, PatchParams};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{watcher, Controller};
@@ -125,6 +125,7 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, kube::E
                 .map(|effect| json!({"key": UNREACHABLE, "effect": effect, "timeAdded": added}));
             set_taints(&nodes, &name, &taints, true, &unreachable).await?;
         }
+        mark_pods_not_ready(&ctx, &name).await?;
         return Ok(Action::await_change());
     }
     if tainted && ready.as_deref() == Some("True") {
@@ -135,6 +136,48 @@ async fn reconcile(node: Arc<Node>, ctx: Arc<Context>) -> Result<Action, kube::E
     Ok(Action::requeue(
         ctx.grace.saturating_sub(silent) + Duration::from_secs(1),
     ))
+}
+
+/// Sets the Ready condition of the node's pods to False (their endpoints
+/// stop serving at once; the taint eviction controller removes them after
+/// their toleration).
+async fn mark_pods_not_ready(ctx: &Context, node: &str) -> Result<(), kube::Error> {
+    let pods = Api::<Pod>::all(ctx.client.clone())
+        .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
+        .await?;
+    let stamp = jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
+    for pod in pods.items {
+        let ready = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready");
+        if ready.is_some_and(|c| c.status == "False") {
+            continue;
+        }
+        let condition = json!({"status": {"conditions": [{
+            "type": "Ready", "status": "False", "reason": "NodeNotReady",
+            "message": format!("node {node} is unreachable"), "lastTransitionTime": stamp,
+        }]}});
+        let api = Api::<Pod>::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+        match api
+            .patch_status(
+                &pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Strategic(condition),
+            )
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Writes the node's taints: those it has (without the unreachable ones

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod, Taint};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -207,17 +207,10 @@ fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
     let spec = pod.spec.clone().unwrap_or_default();
     let selector = spec.node_selector.clone().unwrap_or_default();
     let tolerations = spec.tolerations.clone().unwrap_or_default();
-    let tolerates = |key: &str, value: Option<&str>, effect: &str| {
-        tolerations.iter().any(|t| {
-            let key_ok = t.key.as_deref().is_none_or(|k| k.is_empty() || k == key);
-            let value_ok = t.operator.as_deref() == Some("Exists")
-                || t.value.as_deref().unwrap_or("") == value.unwrap_or("");
-            let effect_ok = t
-                .effect
-                .as_deref()
-                .is_none_or(|e| e.is_empty() || e == effect);
-            key_ok && value_ok && effect_ok
-        })
+    let tolerates = |taint: &Taint| {
+        tolerations
+            .iter()
+            .any(|t| super::taint_eviction::tolerates(t, taint))
     };
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut fits = Vec::new();
@@ -259,14 +252,19 @@ fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
             .and_then(|q| bytes(&q))
             .map(|a| a.saturating_sub(used.memory));
         let max_pods = limit("pods").and_then(|q| q.parse::<usize>().ok());
-        let untolerated_taint = node_spec.taints.iter().flatten().find(|t| {
-            matches!(t.effect.as_str(), "NoSchedule" | "NoExecute")
-                && !tolerates(&t.key, t.value.as_deref(), &t.effect)
-        });
+        let untolerated_taint = node_spec
+            .taints
+            .iter()
+            .flatten()
+            .find(|t| matches!(t.effect.as_str(), "NoSchedule" | "NoExecute") && !tolerates(t));
         let reason = if !ready {
             Some("node(s) were not ready".to_owned())
         } else if node_spec.unschedulable == Some(true)
-            && !tolerates("node.kubernetes.io/unschedulable", None, "NoSchedule")
+            && !tolerates(&Taint {
+                key: "node.kubernetes.io/unschedulable".into(),
+                effect: "NoSchedule".into(),
+                ..Taint::default()
+            })
         {
             Some("node(s) were unschedulable".to_owned())
         } else if let Some(t) = untolerated_taint {
