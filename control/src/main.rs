@@ -314,6 +314,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         berth_control::controllers::Config {
             server_address,
             node_monitor_grace: args.node_monitor_grace_period,
+            metrics: api.controller_metrics(),
         },
         berth_cli::shutdown_signal(),
     );

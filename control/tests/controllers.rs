@@ -365,6 +365,18 @@ async fn the_scheduler_binds_pods_to_nodes_that_fit(backend: Backend) {
     assert!(scheduled
         .iter()
         .any(|e| e.reason.as_deref() == Some("FailedScheduling")));
+
+    // What an operator reads at /metrics.
+    let metrics = server.kubectl_ok(&["get", "--raw", "/metrics"]);
+    for line in [
+        "scheduler_schedule_attempts_total{result=\"scheduled\"}",
+        "scheduler_schedule_attempts_total{result=\"unschedulable\"}",
+        "controller_runtime_reconcile_total{controller=\"scheduler\",result=\"success\"}",
+        "controller_runtime_reconcile_time_seconds_count{controller=\"scheduler\"}",
+        "leader_election_master_status 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in:\n{metrics}");
+    }
 }
 
 fn micro_now() -> String {

@@ -86,6 +86,11 @@ impl Api {
         Ok(())
     }
 
+    /// The controllers' metrics, served at this API's `/metrics`.
+    pub fn controller_metrics(&self) -> crate::metrics::ControllerMetrics {
+        self.0.metrics.controllers()
+    }
+
     /// A client of this API that calls the router in process, as the
     /// administrator `name` (the controllers' client).
     pub fn client(&self, name: &str) -> kube::Client {

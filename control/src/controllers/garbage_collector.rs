@@ -74,9 +74,11 @@ pub(super) async fn run(
     client: kube::Client,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) {
+    let backoff = Arc::new(Backoff::default());
     let loops = RESOURCES
         .iter()
-        .map(|kind| run_one(client.clone(), kind, shutdown.clone()));
+        // One backoff for all: the loops are one controller to an operator.
+        .map(|kind| run_one(client.clone(), kind, Arc::clone(&backoff), shutdown.clone()));
     futures_util::future::join_all(loops).await;
 }
 
@@ -109,6 +111,7 @@ fn resolve(reference: &OwnerReference) -> Option<&'static Resource> {
 async fn run_one(
     client: kube::Client,
     kind: &'static Resource,
+    backoff: Arc<Backoff>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let ar = api_resource(kind);
@@ -140,7 +143,7 @@ async fn run_one(
         "garbage-collector",
         controller,
         Arc::new(Context { client, kind }),
-        Arc::new(Backoff::default()),
+        backoff,
         reconcile,
     )
     .await;

@@ -53,6 +53,7 @@ pub async fn run(
         running = match (running.take(), renewed) {
             (None, true) => {
                 tracing::info!(%identity, "became the leader: starting controllers");
+                super::metrics(|m| m.leading(true));
                 let mut tasks = JoinSet::new();
                 start(&mut tasks);
                 Some((tasks, now))
@@ -64,6 +65,7 @@ pub async fn run(
             (Some((mut tasks, _)), false) => {
                 tracing::warn!(%identity, "lost the leader Lease: stopping controllers");
                 tasks.shutdown().await;
+                super::metrics(|m| m.leading(false));
                 None
             }
             (None, false) => None,
@@ -75,6 +77,7 @@ pub async fn run(
     }
     if let Some((mut tasks, _)) = running {
         tasks.shutdown().await;
+        super::metrics(|m| m.leading(false));
         release(&leases, &identity).await;
     }
 }

@@ -27,13 +27,15 @@ mod taint_eviction;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use kube::runtime::controller::Action;
 use kube::runtime::Controller;
 use kube::Resource;
+
+use crate::metrics::ControllerMetrics;
 
 /// What the controllers need to start.
 #[derive(Debug, Clone)]
@@ -44,6 +46,18 @@ pub struct Config {
     /// How long a node's agent may stay silent before the node is
     /// marked unreachable.
     pub node_monitor_grace: std::time::Duration,
+    /// Where the controllers count their work.
+    pub metrics: ControllerMetrics,
+}
+
+/// The controllers' metrics, once [`start`] has set them.
+static METRICS: OnceLock<ControllerMetrics> = OnceLock::new();
+
+/// Records into the controllers' metrics, if they are set.
+fn metrics(record: impl FnOnce(&ControllerMetrics)) {
+    if let Some(m) = METRICS.get() {
+        record(m);
+    }
 }
 
 /// Contends for leadership on `client` and, while this instance leads,
@@ -54,6 +68,8 @@ pub fn start(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    // One set per process: a second start (tests) keeps the first.
+    let _ = METRICS.set(config.metrics.clone());
     let shutdown = futures_util::FutureExt::shared(Box::pin(shutdown));
     // Stable across restarts (the address is this instance's own), so a
     // restarted leader takes its Lease back at once.
@@ -169,6 +185,14 @@ impl Backoff {
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
     }
+
+    /// How many keys wait for a retry.
+    pub fn pending(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
+    }
 }
 
 /// Runs `controller` with `reconcile` until its shutdown: successes reset
@@ -201,13 +225,25 @@ async fn run<K, C, E, F>(
             let backoff = Arc::clone(&done);
             let reconciled = reconcile(obj, ctx);
             async move {
-                let action = reconciled.await?;
+                let started = std::time::Instant::now();
+                let active = METRICS.get().map(|m| m.active(name));
+                if let Some(a) = &active {
+                    a.inc();
+                }
+                let result = reconciled.await;
+                if let Some(a) = &active {
+                    a.dec();
+                }
+                metrics(|m| m.reconciled(name, result.is_ok(), started.elapsed()));
+                let action = result?;
                 backoff.succeeded(&key);
+                metrics(|m| m.retrying(name, backoff.pending()));
                 Ok::<_, E>(action)
             }
         },
         move |obj, error, _ctx| {
             let delay = backoff.failed(&key(&obj));
+            metrics(|m| m.retrying(name, backoff.pending()));
             tracing::warn!(controller = name, object = %key(&obj), %error, retry_in = ?delay, "reconcile failed");
             Action::requeue(delay)
         },

@@ -77,6 +77,23 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
     if !mine || bound || pod.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    let started = std::time::Instant::now();
+    let result = schedule(&pod, &ctx).await;
+    let outcome = match &result {
+        Ok(Some(_)) => "unschedulable",
+        Ok(None) => "scheduled",
+        Err(_) => "error",
+    };
+    super::metrics(|m| m.scheduled(outcome, started.elapsed()));
+    Ok(match result? {
+        Some(retry) => Action::requeue(retry),
+        None => Action::await_change(),
+    })
+}
+
+/// Binds a pending pod to a node that fits, or records why none does;
+/// returns when to try again if none does.
+async fn schedule(pod: &Pod, ctx: &Context) -> Result<Option<std::time::Duration>, kube::Error> {
     let namespace = pod.namespace().unwrap_or_default();
     let name = pod.name_any();
     let nodes = Api::<Node>::all(ctx.client.clone())
@@ -87,7 +104,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
         .list(&ListParams::default())
         .await?
         .items;
-    match choose(&pod, &nodes, &pods) {
+    match choose(pod, &nodes, &pods) {
         Ok(node) => {
             let binding = json!({
                 "apiVersion": "v1", "kind": "Binding",
@@ -104,7 +121,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
                 .await?;
             super::record_event(
                 &ctx.client,
-                &*pod,
+                pod,
                 SCHEDULER,
                 "Normal",
                 "Scheduled",
@@ -112,7 +129,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
             )
             .await;
             tracing::info!(pod = %format!("{namespace}/{name}"), %node, "scheduled");
-            Ok(Action::await_change())
+            Ok(None)
         }
         Err(message) => {
             let status = json!({"status": {"conditions": [{
@@ -135,7 +152,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
                     .await?;
                 super::record_event(
                     &ctx.client,
-                    &*pod,
+                    pod,
                     SCHEDULER,
                     "Warning",
                     "FailedScheduling",
@@ -143,7 +160,7 @@ async fn reconcile(pod: Arc<Pod>, ctx: Arc<Context>) -> Result<Action, kube::Err
                 )
                 .await;
             }
-            Ok(Action::requeue(RETRY_UNSCHEDULABLE))
+            Ok(Some(RETRY_UNSCHEDULABLE))
         }
     }
 }
