@@ -27,6 +27,7 @@ on_both_stores!(
     deletes_cascade_as_their_propagation_policy_says,
     a_deployment_rolls_out_back_and_pauses_with_kubectl,
     pods_of_a_lost_node_are_evicted_and_replaced,
+    a_deployment_behind_a_service_spreads_and_gets_endpoints,
 );
 
 /// Waits until `check` holds for the slices of Service `web`, and returns
@@ -1212,4 +1213,86 @@ async fn pods_of_a_lost_node_are_evicted_and_replaced(backend: Backend) {
     })
     .await;
     n2_alive.store(false, Ordering::SeqCst);
+}
+
+async fn a_deployment_behind_a_service_spreads_and_gets_endpoints(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let client = server.client().await;
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "default");
+    let legacy: Api<Endpoints> = Api::namespaced(client, "default");
+    for name in ["n1", "n2", "n3"] {
+        let node: Node =
+            serde_json::from_value(json!({"metadata": {"name": name}})).expect("a Node");
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .expect("create node");
+        let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+            "lastHeartbeatTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}]}});
+        nodes
+            .patch_status(name, &PatchParams::default(), &Patch::Strategic(ready))
+            .await
+            .expect("node ready");
+    }
+    let manifest = server.data_dir().join("web.yaml");
+    std::fs::write(
+        &manifest,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec:\n\
+         \x20 replicas: 3\n  selector: {matchLabels: {app: web}}\n\
+         \x20 template:\n    metadata: {labels: {app: web}}\n\
+         \x20   spec: {containers: [{name: web, image: 'busybox:1.36', ports: [{containerPort: 8080}]}]}\n\
+         ---\napiVersion: v1\nkind: Service\nmetadata: {name: web}\n\
+         spec: {selector: {app: web}, ports: [{port: 80, targetPort: 8080}]}\n",
+    )
+    .expect("write manifest");
+    kubectl(&server, &["apply", "-f", &manifest.display().to_string()]).await;
+    let placed = pods_until(&pods, "web", "three pods on three nodes", |p| {
+        let nodes: std::collections::BTreeSet<Option<String>> =
+            p.iter().map(|(p, _)| node_of(p)).collect();
+        p.len() == 3 && nodes.len() == 3 && !nodes.contains(&None)
+    })
+    .await;
+    // The kubelets' part: an IP and Ready.
+    for (i, (pod, _)) in placed.iter().enumerate() {
+        pods.patch_status(
+            &pod.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(pod_status(&format!("10.244.{i}.2"), true)),
+        )
+        .await
+        .expect("pod status");
+    }
+    slices_until(&slices, "three ready endpoints", |s| {
+        let e = endpoints(s);
+        e.len() == 3 && e.iter().all(|(_, ready)| *ready)
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let addresses = legacy
+            .get_opt("web")
+            .await
+            .expect("get endpoints")
+            .and_then(|e| e.subsets)
+            .unwrap_or_default()
+            .iter()
+            .map(|s| s.addresses.iter().flatten().count())
+            .sum::<usize>();
+        if addresses == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three addresses in the Endpoints"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let done = kubectl(
+        &server,
+        &["rollout", "status", "deployment/web", "--timeout=30s"],
+    )
+    .await;
+    assert!(done.contains("successfully rolled out"), "{done}");
 }

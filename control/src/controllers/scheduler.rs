@@ -1,9 +1,12 @@
-//! The scheduler (kube-scheduler's job, its essentials): every pod without
-//! a node whose `schedulerName` is `default-scheduler` is bound to a node
-//! that is Ready, schedulable, matches the pod's `nodeSelector`, has no
-//! taint the pod does not tolerate and has room for its requests (cpu,
-//! memory, pods, against `status.allocatable`); among those, the one with
-//! the fewest pods, then the most free cpu. A pod that fits nowhere gets
+//! The scheduler (kube-scheduler's job, its essentials), one pod at a
+//! time: every pod without a node whose `schedulerName` is
+//! `default-scheduler` is bound to a node that is Ready, schedulable,
+//! matches the pod's `nodeSelector` and required node affinity, has no
+//! taint the pod does not tolerate, none of the host ports it asks for in
+//! use, and room for its requests (cpu, memory, pods, against
+//! `status.allocatable`); among those, the one with the fewest replicas of
+//! the pod's owner (spreading a ReplicaSet over nodes), then the fewest
+//! pods, then the most free cpu. A pod that fits nowhere gets
 //! `PodScheduled=False`, reason `Unschedulable`, and the message
 //! kube-scheduler writes (`0/3 nodes are available: …`), and is tried again
 //! when nodes change or after a while. A bound pod gets a `Scheduled`
@@ -13,7 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, Pod, Taint};
+use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, PodSpec, Taint};
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -56,6 +59,10 @@ pub(super) async fn run(
                     .collect::<Vec<_>>()
             },
         )
+        // One pod at a time, as kube-scheduler: each placement sees the
+        // ones before it (replicas spread, ports and resources not
+        // double-booked).
+        .with_config(kube::runtime::controller::Config::default().concurrency(1))
         .graceful_shutdown_on(shutdown);
     super::run(
         "scheduler",
@@ -218,6 +225,84 @@ fn bytes(q: &str) -> Option<u64> {
         .map(|v| (v * factor) as u64)
 }
 
+/// The uid of the pod's controller (its ReplicaSet, say), if any.
+fn owner_uid(pod: &Pod) -> Option<&str> {
+    super::claim::controller_of(pod).map(|o| o.uid.as_str())
+}
+
+/// The (protocol, host IP, host port) a pod asks for; host IP "" is all.
+fn host_ports(spec: &PodSpec) -> Vec<(String, String, i32)> {
+    spec.containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            let port = p.host_port.filter(|p| *p > 0)?;
+            Some((
+                p.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                p.host_ip.clone().unwrap_or_default(),
+                port,
+            ))
+        })
+        .collect()
+}
+
+fn host_ports_of(pod: &Pod) -> Vec<(String, String, i32)> {
+    pod.spec.as_ref().map(host_ports).unwrap_or_default()
+}
+
+/// Whether the node satisfies the pod's required node affinity: any of
+/// its terms, each with all expressions (on labels) and fields (on
+/// `metadata.name`) true.
+fn affinity_allows(spec: &PodSpec, node: &Node) -> bool {
+    let Some(required) = spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.node_affinity.as_ref())
+        .and_then(|n| {
+            n.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        })
+    else {
+        return true;
+    };
+    let labels = node.labels();
+    let name = node.name_any();
+    required.node_selector_terms.iter().any(|term| {
+        let expressions = term
+            .match_expressions
+            .iter()
+            .flatten()
+            .all(|r| requirement_holds(r, labels.get(&r.key).map(String::as_str)));
+        let fields = term
+            .match_fields
+            .iter()
+            .flatten()
+            .all(|r| r.key == "metadata.name" && requirement_holds(r, Some(&name)));
+        let empty = term.match_expressions.as_ref().is_none_or(Vec::is_empty)
+            && term.match_fields.as_ref().is_none_or(Vec::is_empty);
+        !empty && expressions && fields
+    })
+}
+
+/// One node selector requirement on `value` (`None`: no such label).
+fn requirement_holds(r: &NodeSelectorRequirement, value: Option<&str>) -> bool {
+    let values = r.values.as_deref().unwrap_or_default();
+    let number = |v: &str| v.parse::<i64>().ok();
+    match r.operator.as_str() {
+        "In" => value.is_some_and(|v| values.iter().any(|x| x == v)),
+        "NotIn" => value.is_none_or(|v| !values.iter().any(|x| x == v)),
+        "Exists" => value.is_some(),
+        "DoesNotExist" => value.is_none(),
+        "Gt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(v), Some(x)) if v > x)
+        }
+        "Lt" => {
+            matches!((value.and_then(number), values.first().and_then(|x| number(x))), (Some(v), Some(x)) if v < x)
+        }
+        _ => false,
+    }
+}
+
 /// The node for `pod`, or kube-scheduler's message saying why none fits.
 fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
     let wanted = requests(pod);
@@ -229,6 +314,7 @@ fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
             .iter()
             .any(|t| super::taint_eviction::tolerates(t, taint))
     };
+    let owner = owner_uid(pod);
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     let mut fits = Vec::new();
     for node in nodes {
@@ -290,8 +376,15 @@ fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
                 t.key,
                 t.value.clone().unwrap_or_default()
             ))
-        } else if selector.iter().any(|(k, v)| labels.get(k) != Some(v)) {
+        } else if selector.iter().any(|(k, v)| labels.get(k) != Some(v))
+            || !affinity_allows(&spec, node)
+        {
             Some("node(s) didn't match Pod's node affinity/selector".to_owned())
+        } else if host_ports(&spec)
+            .iter()
+            .any(|p| on_node.iter().any(|o| host_ports_of(o).contains(p)))
+        {
+            Some("node(s) didn't have free ports for the requested pod ports".to_owned())
         } else if max_pods.is_some_and(|m| on_node.len() >= m) {
             Some("Too many pods".to_owned())
         } else if cpu_left.is_some_and(|left| wanted.cpu > left) {
@@ -303,7 +396,12 @@ fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
         };
         match reason {
             Some(r) => *reasons.entry(r).or_default() += 1,
+            // Spread the replicas of one owner, then the pods, then cpu.
             None => fits.push((
+                on_node
+                    .iter()
+                    .filter(|o| owner.is_some() && owner_uid(o) == owner)
+                    .count(),
                 on_node.len(),
                 std::cmp::Reverse(cpu_left.unwrap_or(0)),
                 node_name,
@@ -311,7 +409,7 @@ fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
         }
     }
     fits.sort();
-    if let Some((_, _, node)) = fits.into_iter().next() {
+    if let Some((_, _, _, node)) = fits.into_iter().next() {
         return Ok(node);
     }
     let mut why: Vec<String> = reasons.iter().map(|(r, n)| format!("{n} {r}")).collect();
@@ -327,6 +425,92 @@ fn choose(pod: &Pod, nodes: &[Node], pods: &[Pod]) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(name: &str, labels: serde_json::Value) -> Node {
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}))
+        .unwrap()
+    }
+
+    fn pod(spec: serde_json::Value, node: Option<&str>, owner: Option<&str>) -> Pod {
+        let mut spec = spec;
+        if spec.get("containers").is_none() {
+            spec["containers"] = json!([{"name": "c", "image": "i"}]);
+        }
+        if let Some(n) = node {
+            spec["nodeName"] = json!(n);
+        }
+        let owners = owner.map(|uid| {
+            json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": uid,
+                "controller": true}])
+        });
+        serde_json::from_value(json!({"metadata": {"name": "p", "ownerReferences": owners},
+            "spec": spec}))
+        .unwrap()
+    }
+
+    #[test]
+    fn required_node_affinity_is_honoured() {
+        let nodes = [
+            node("a", json!({"zone": "a"})),
+            node("b", json!({"zone": "b", "gen": "5"})),
+        ];
+        let affinity = |expressions: serde_json::Value| {
+            pod(
+                json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+                {"nodeSelectorTerms": [{"matchExpressions": expressions}]}}}}),
+                None,
+                None,
+            )
+        };
+        let zone_b = affinity(json!([{"key": "zone", "operator": "In", "values": ["b"]}]));
+        assert_eq!(choose(&zone_b, &nodes, &[]), Ok("b".into()));
+        let not_b = affinity(json!([{"key": "zone", "operator": "NotIn", "values": ["b"]}]));
+        assert_eq!(choose(&not_b, &nodes, &[]), Ok("a".into()));
+        let newer = affinity(json!([{"key": "gen", "operator": "Gt", "values": ["4"]}]));
+        assert_eq!(choose(&newer, &nodes, &[]), Ok("b".into()));
+        let nowhere = affinity(json!([{"key": "zone", "operator": "In", "values": ["c"]}]));
+        assert_eq!(
+            choose(&nowhere, &nodes, &[]),
+            Err(
+                "0/2 nodes are available: 2 node(s) didn't match Pod's node affinity/selector."
+                    .into()
+            )
+        );
+    }
+
+    #[test]
+    fn host_ports_conflict_and_replicas_spread() {
+        let nodes = [node("a", json!({})), node("b", json!({}))];
+        let with_port = json!({"containers": [{"name": "c", "image": "i",
+            "ports": [{"containerPort": 80, "hostPort": 8080}]}]});
+        let running = [
+            pod(with_port.clone(), Some("a"), None),
+            pod(with_port.clone(), Some("b"), None),
+        ];
+        assert_eq!(
+            choose(&pod(with_port.clone(), None, None), &nodes, &running),
+            Err("0/2 nodes are available: 2 node(s) didn't have free ports for the requested pod ports.".into())
+        );
+        assert_eq!(
+            choose(&pod(with_port, None, None), &nodes, &running[..1]),
+            Ok("b".into())
+        );
+        // b has more pods, but a has one of the same ReplicaSet: b it is.
+        let placed = [
+            pod(json!({}), Some("a"), Some("rs-1")),
+            pod(json!({}), Some("b"), Some("other")),
+            pod(json!({}), Some("b"), Some("other")),
+        ];
+        assert_eq!(
+            choose(&pod(json!({}), None, Some("rs-1")), &nodes, &placed),
+            Ok("b".into())
+        );
+        assert_eq!(
+            choose(&pod(json!({}), None, None), &nodes, &placed),
+            Ok("a".into())
+        );
+    }
 
     #[test]
     fn quantities_parse_as_kubernetes_writes_them() {
