@@ -70,7 +70,14 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 pod_spec_defaults(pod_spec);
             }
         }
-        "Namespace" => obj["status"] = json!({"phase": "Active"}),
+        "Namespace" => {
+            obj["status"] = json!({"phase": "Active"});
+            // The namespace controller's: it deletes the content first.
+            if obj.get("spec").is_none_or(|s| !s.is_object()) {
+                obj["spec"] = json!({});
+            }
+            default(&mut obj["spec"], "finalizers", json!(["kubernetes"]));
+        }
         "EndpointSlice" => {
             for port in obj
                 .get_mut("ports")

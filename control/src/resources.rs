@@ -79,6 +79,21 @@ impl Resource {
         }
     }
 
+    /// The kind as kube's dynamic API describes it.
+    pub fn api_resource(&self) -> kube::api::ApiResource {
+        kube::api::ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version: if self.group.is_empty() {
+                self.version.into()
+            } else {
+                format!("{}/{}", self.group, self.version)
+            },
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+
     /// Store key of one object.
     pub fn key(&self, namespace: Option<&str>, name: &str) -> String {
         match namespace {

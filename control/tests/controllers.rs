@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Node, Pod, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Endpoints, Event, Namespace, Node, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
@@ -28,6 +28,7 @@ on_both_stores!(
     a_deployment_rolls_out_back_and_pauses_with_kubectl,
     pods_of_a_lost_node_are_evicted_and_replaced,
     a_deployment_behind_a_service_spreads_and_gets_endpoints,
+    a_deleted_namespace_terminates_until_its_content_is_gone,
 );
 
 /// Waits until `check` holds for the slices of Service `web`, and returns
@@ -1295,4 +1296,106 @@ async fn a_deployment_behind_a_service_spreads_and_gets_endpoints(backend: Backe
     )
     .await;
     assert!(done.contains("successfully rolled out"), "{done}");
+}
+
+async fn a_deleted_namespace_terminates_until_its_content_is_gone(backend: Backend) {
+    let server = Server::start_on(backend, &[]);
+    let client = server.client().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let nodes: Api<Node> = Api::all(client.clone());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "scratch");
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "scratch");
+    let maps: Api<ConfigMap> = Api::namespaced(client, "scratch");
+    let node: Node = serde_json::from_value(json!({"metadata": {"name": "n1"}})).expect("a Node");
+    nodes
+        .create(&PostParams::default(), &node)
+        .await
+        .expect("create node");
+    let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True",
+        "lastHeartbeatTime": jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()}]}});
+    nodes
+        .patch_status("n1", &PatchParams::default(), &Patch::Strategic(ready))
+        .await
+        .expect("node ready");
+    let ns: Namespace =
+        serde_json::from_value(json!({"metadata": {"name": "scratch"}})).expect("a Namespace");
+    let created = namespaces
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("create namespace");
+    assert_eq!(
+        created.spec.and_then(|s| s.finalizers),
+        Some(vec!["kubernetes".to_string()])
+    );
+    sets.create(&PostParams::default(), &replica_set("app", 2))
+        .await
+        .expect("create replicaset");
+    let map: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "settings"}})).expect("a ConfigMap");
+    maps.create(&PostParams::default(), &map)
+        .await
+        .expect("create configmap");
+    // Bound to n1, the pods go only when their node says so.
+    pods_until(&pods, "app", "two pods on n1", |p| {
+        p.len() == 2 && p.iter().all(|(p, _)| node_of(p).as_deref() == Some("n1"))
+    })
+    .await;
+
+    let deleted = server.kubectl_ok(&["delete", "namespace", "scratch", "--wait=false"]);
+    assert!(
+        deleted.contains("namespace \"scratch\" deleted"),
+        "{deleted}"
+    );
+    let listed = server.kubectl_ok(&["get", "namespace", "scratch"]);
+    assert!(listed.contains("Terminating"), "{listed}");
+    pods_until(&pods, "app", "the pods terminating", |p| {
+        p.len() == 2
+            && p.iter()
+                .all(|(p, _)| p.metadata.deletion_timestamp.is_some())
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ns = namespaces.get("scratch").await.expect("still there");
+        let remaining = ns
+            .status
+            .and_then(|s| s.conditions)
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "NamespaceContentRemaining")
+            .and_then(|c| c.message);
+        let others_gone = maps.get_opt("settings").await.expect("get").is_none()
+            && sets.get_opt("app").await.expect("get").is_none();
+        if others_gone
+            && remaining.as_deref()
+                == Some("Some resources are remaining: pods. has 2 resource instances")
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only the pods remain: {remaining:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = maps
+        .create(&PostParams::default(), &map)
+        .await
+        .expect_err("no new content in a terminating namespace");
+    assert!(
+        refused.to_string().contains("being terminated"),
+        "{refused}"
+    );
+
+    // The node confirms its pods gone: the namespace follows.
+    for (pod, _) in pods_of(&pods, "app").await {
+        pods.delete(&pod.name_any(), &DeleteParams::default().grace_period(0))
+            .await
+            .expect("the node deletes its pod");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while namespaces.get_opt("scratch").await.expect("get").is_some() {
+        assert!(Instant::now() < deadline, "the namespace goes once empty");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

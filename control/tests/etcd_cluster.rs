@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 use common::etcd::EtcdCluster;
 use common::Server;
 use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use kube::api::{ListParams, ObjectMeta, PostParams, WatchEvent, WatchParams};
+use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
 use serde_json::json;
@@ -445,4 +446,92 @@ async fn one_instance_leads_the_controllers_and_another_takes_over() {
         "took over after {:?}: the Lease was not released",
         stopped.elapsed()
     );
+}
+
+/// The pods labelled `app=frozen` not being deleted, once there are `n`
+/// (fails on more).
+async fn frozen_pods(pods: &Api<Pod>, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let active = pods
+            .list(&ListParams::default().labels("app=frozen"))
+            .await
+            .expect("list pods")
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+            .count();
+        assert!(
+            active <= n,
+            "{active} pods, more than {n}: one was made twice"
+        );
+        if active == n {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{active} pods, not {n}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_frozen_leader_is_replaced_and_no_pod_is_made_twice() {
+    let etcd = Arc::new(EtcdCluster::start(1));
+    let servers = [
+        Server::with_etcd(Arc::clone(&etcd), &[]),
+        Server::with_etcd(Arc::clone(&etcd), &[]),
+    ];
+    let first = leader(
+        &Api::namespaced(servers[0].client().await, "kube-system"),
+        None,
+    )
+    .await;
+    let at = servers
+        .iter()
+        .position(|s| first.ends_with(&format!("_{}", s.addr())))
+        .unwrap_or_else(|| panic!("leader {first} is neither server"));
+    let other = &servers[1 - at];
+    let client = other.client().await;
+    let sets: Api<ReplicaSet> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    let rs: ReplicaSet = serde_json::from_value(json!({
+        "metadata": {"name": "frozen"},
+        "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "frozen"}},
+            "template": {"metadata": {"labels": {"app": "frozen"}},
+                "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}},
+    }))
+    .expect("a ReplicaSet");
+    sets.create(&PostParams::default(), &rs)
+        .await
+        .expect("create replicaset");
+    frozen_pods(&pods, 4).await;
+
+    // The leader freezes (SIGSTOP): the other takes over within the
+    // lease and its retry, and carries out the scaling.
+    servers[at].signal(libc::SIGSTOP);
+    let frozen_at = Instant::now();
+    sets.patch_scale(
+        "frozen",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 6}})),
+    )
+    .await
+    .expect("scale");
+    let leases: Api<Lease> = Api::namespaced(client, "kube-system");
+    let second = leader(&leases, Some(&first)).await;
+    assert!(second.ends_with(&format!("_{}", other.addr())), "{second}");
+    assert!(
+        frozen_at.elapsed() < Duration::from_secs(15 + 2 + 3),
+        "took over after {:?}",
+        frozen_at.elapsed()
+    );
+    frozen_pods(&pods, 6).await;
+
+    // Thawed, the old leader finds the Lease taken and stands down: the
+    // count stays exact.
+    servers[at].signal(libc::SIGCONT);
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        frozen_pods(&pods, 6).await;
+    }
+    assert_eq!(leader(&leases, None).await, second, "one leader");
 }

@@ -207,6 +207,11 @@ fn fixture(resource: &Resource) -> Value {
             "selector": {"matchLabels": {"app": "web"}},
             "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec},
         }}),
+        // Without a selector: it defaults to the template's labels.
+        "ReplicationController" => json!({"spec": {
+            "replicas": 2,
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec},
+        }}),
         "ConfigMap" => json!({"data": {"key": "value"}}),
         "EndpointSlice" => json!({
             "addressType": "IPv4",

@@ -82,21 +82,6 @@ pub(super) async fn run(
     futures_util::future::join_all(loops).await;
 }
 
-/// The kube-client description of a served kind.
-fn api_resource(kind: &Resource) -> ApiResource {
-    ApiResource {
-        group: kind.group.into(),
-        version: kind.version.into(),
-        api_version: if kind.group.is_empty() {
-            kind.version.into()
-        } else {
-            format!("{}/{}", kind.group, kind.version)
-        },
-        kind: kind.kind.into(),
-        plural: kind.plural.into(),
-    }
-}
-
 /// The served kind an owner reference names.
 fn resolve(reference: &OwnerReference) -> Option<&'static Resource> {
     let (group, version) = reference
@@ -114,7 +99,7 @@ async fn run_one(
     backoff: Arc<Backoff>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ar = api_resource(kind);
+    let ar = kind.api_resource();
     let mut controller = Controller::new_with(
         Api::<DynamicObject>::all_with(client.clone(), &ar),
         watcher::Config::default(),
@@ -128,7 +113,7 @@ async fn run_one(
         let Some(owner) = RESOURCES.iter().find(|r| r.kind == *owner_kind) else {
             continue;
         };
-        let owner_ar = api_resource(owner);
+        let owner_ar = owner.api_resource();
         let store = controller.store();
         let dependent_ar = ar.clone();
         controller = controller.watches_with(
@@ -233,7 +218,7 @@ async fn owner_state(
     let Some(kind) = resolve(reference) else {
         return Ok(Owner::Unknown);
     };
-    let ar = api_resource(kind);
+    let ar = kind.api_resource();
     let api = match dependent.namespace() {
         Some(ns) if kind.namespaced => {
             Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &ar)
@@ -256,7 +241,7 @@ async fn dependents_of(
     let uid = owner.uid().unwrap_or_default();
     let mut found = Vec::new();
     for kind in RESOURCES {
-        let ar = api_resource(kind);
+        let ar = kind.api_resource();
         let api = match owner.namespace() {
             Some(ns) if kind.namespaced => {
                 Api::<DynamicObject>::namespaced_with(ctx.client.clone(), &ns, &ar)
@@ -353,7 +338,7 @@ async fn delete(
 
 /// The API of `obj`'s kind, in its namespace.
 fn api_for(client: &kube::Client, kind: &Resource, obj: &DynamicObject) -> Api<DynamicObject> {
-    let ar = api_resource(kind);
+    let ar = kind.api_resource();
     match obj.namespace() {
         Some(ns) if kind.namespaced => Api::namespaced_with(client.clone(), &ns, &ar),
         _ => Api::all_with(client.clone(), &ar),

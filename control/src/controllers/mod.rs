@@ -19,6 +19,7 @@ mod endpointslice;
 mod garbage_collector;
 mod kubernetes_endpoint;
 pub mod leader;
+mod namespace;
 mod node_lifecycle;
 mod replicaset;
 mod scheduler;
@@ -97,6 +98,7 @@ pub fn start(
             tasks.spawn(replicaset::run(client.clone(), stop.clone()));
             tasks.spawn(deployment::run(client.clone(), stop.clone()));
             tasks.spawn(taint_eviction::run(client.clone(), stop.clone()));
+            tasks.spawn(namespace::run(client.clone(), stop.clone()));
             tasks.spawn(garbage_collector::run(client.clone(), stop.clone()));
             tasks.spawn(node_lifecycle::run(
                 client.clone(),

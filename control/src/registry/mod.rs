@@ -414,7 +414,7 @@ impl Registry {
                 .pointer("/metadata/finalizers")
                 .and_then(Value::as_array)
                 .is_none_or(|f| f.is_empty())
-            && !strategy.awaits_node(&new);
+            && !strategy.delete_waits(&new, None);
         if finalized {
             self.alloc.release(claims).await;
             let deleted = self.remove(target, record, old).await?;
@@ -633,7 +633,7 @@ impl Registry {
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
-        let graceful = strategy.awaits_node(&old) && options.grace != Some(0);
+        let graceful = strategy.delete_waits(&old, options.grace);
         let cascade = options.propagation.finalizer();
         if has_finalizers || graceful || cascade.is_some() {
             return self
@@ -667,6 +667,7 @@ impl Registry {
             }
         }
         if old.pointer("/metadata/deletionTimestamp").is_none() {
+            target.strategy().mark_deleted(&mut new);
             let mut deadline = jiff::Timestamp::now();
             if let Some(grace) = target.strategy().grace_period(&new, grace) {
                 new["metadata"]["deletionGracePeriodSeconds"] = json!(grace);

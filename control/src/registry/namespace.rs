@@ -1,7 +1,10 @@
-//! Namespaces: the system ones may not be deleted, and deleting one
-//! deletes everything in it.
+//! Namespaces: the system ones may not be deleted; deleting one makes it
+//! `Terminating` until the namespace controller has deleted its content
+//! and removed the `kubernetes` finalizer from `spec.finalizers`; whatever
+//! is still in it when it goes is deleted with it.
 
 use async_trait::async_trait;
+use serde_json::{json, Value};
 
 use super::strategy::{for_kind, Strategy};
 use super::Registry;
@@ -19,6 +22,18 @@ pub(super) struct NamespaceStrategy;
 
 #[async_trait]
 impl Strategy for NamespaceStrategy {
+    /// A namespace goes once its `spec.finalizers` (`kubernetes`: the
+    /// namespace controller, deleting its content) are done.
+    fn delete_waits(&self, obj: &Value, _grace: Option<i64>) -> bool {
+        obj.pointer("/spec/finalizers")
+            .and_then(Value::as_array)
+            .is_some_and(|f| !f.is_empty())
+    }
+
+    fn mark_deleted(&self, obj: &mut Value) {
+        obj["status"]["phase"] = json!("Terminating");
+    }
+
     fn check_delete(&self, name: &str) -> Result<(), ApiError> {
         if SYSTEM_NAMESPACES.contains(&name) {
             return Err(ApiError::forbidden(format!(

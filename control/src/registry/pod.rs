@@ -32,10 +32,12 @@ impl Strategy for PodStrategy {
         }
     }
 
-    fn awaits_node(&self, obj: &Value) -> bool {
-        obj.pointer("/spec/nodeName")
-            .and_then(Value::as_str)
-            .is_some_and(|n| !n.is_empty())
+    fn delete_waits(&self, obj: &Value, grace: Option<i64>) -> bool {
+        grace != Some(0)
+            && obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
             && !matches!(
                 obj.pointer("/status/phase").and_then(Value::as_str),
                 Some("Succeeded" | "Failed")

@@ -46,11 +46,15 @@ pub trait Strategy: Sync {
     /// Gives back what `old` held and `new`, now stored, no longer does.
     async fn release_replaced(&self, _registry: &Registry, _old: &Value, _new: &Value) {}
 
-    /// Whether deleting the object waits for its node (a pod bound to a
-    /// node, not yet confirmed gone).
-    fn awaits_node(&self, _obj: &Value) -> bool {
+    /// Whether deleting the object waits for another party to finish it
+    /// (a pod bound to a node, not yet confirmed gone, unless `grace` is
+    /// 0; a namespace whose content is not yet deleted).
+    fn delete_waits(&self, _obj: &Value, _grace: Option<i64>) -> bool {
         false
     }
+
+    /// What marking the object deleted changes besides deletionTimestamp.
+    fn mark_deleted(&self, _obj: &mut Value) {}
 
     /// The grace period a graceful delete records, from the one the
     /// client asked for; `None` for kinds without one.

@@ -211,6 +211,16 @@ impl Server {
         }
     }
 
+    /// Sends `signal` to the server (SIGSTOP and SIGCONT freeze and thaw
+    /// it).
+    pub(crate) fn signal(&self, signal: i32) {
+        if let Some(pid) = self.child.as_ref().and_then(|c| i32::try_from(c.id()).ok()) {
+            // SAFETY: kill(2) takes no memory; the pid is our child's, not
+            // yet reaped.
+            unsafe { libc::kill(pid, signal) };
+        }
+    }
+
     /// Stops the server with SIGTERM (a clean shutdown) and waits for it.
     pub(crate) fn terminate(&mut self) {
         if let Some(mut child) = self.child.take() {
